@@ -1,0 +1,233 @@
+"""fd-level capture of a worker's stdout and stderr (runs inside the worker).
+
+fds 1 and 2 are pointed at pipes, so everything reaches us: Python prints, C writes,
+``os.system`` and subprocesses. One reader thread drains both pipes (a full pipe would block
+the writer), decodes UTF-8 incrementally and keeps, per stream, a capped head and tail: a 1 GB
+print loop keeps memory flat. The head is forwarded to the server as it arrives (at most every
+50 ms), so output printed before a crash is not lost; the tail goes in the final reply.
+
+Attribution: at the end of a cell the worker writes a random sentinel to each fd after
+flushing; everything the reader saw before it belongs to that cell, in order. Output written
+between cells (a thread that keeps printing) is kept and handed to the next cell.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import contextlib
+import io
+import os
+import secrets
+import select
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+STREAMS = ("stdout", "stderr")
+_SEND_INTERVAL = 0.05
+
+
+@dataclass
+class CappedText:
+    """Head and tail of a text stream, with a count of what fell between them."""
+
+    head_limit: int
+    tail_limit: int
+    head: list[str] = field(default_factory=list)
+    head_len: int = 0
+    tail: collections.deque[str] = field(default_factory=collections.deque)
+    tail_len: int = 0
+    dropped: int = 0
+    sent: int = 0  # how many head characters were already forwarded
+
+    def add(self, text: str) -> None:
+        room = self.head_limit - self.head_len
+        if room > 0:
+            part = text[:room]
+            self.head.append(part)
+            self.head_len += len(part)
+            text = text[room:]
+        if not text:
+            return
+        self.tail.append(text)
+        self.tail_len += len(text)
+        # Trim from the left; what is trimmed is counted, never kept.
+        while self.tail_len > self.tail_limit:
+            excess = self.tail_len - self.tail_limit
+            first = self.tail[0]
+            if len(first) <= excess:
+                self.tail.popleft()
+                self.tail_len -= len(first)
+                self.dropped += len(first)
+            else:
+                self.tail[0] = first[excess:]
+                self.tail_len -= excess
+                self.dropped += excess
+
+    def unsent_head(self) -> str:
+        text = "".join(self.head)[self.sent :]
+        self.sent = self.head_len
+        return text
+
+    def tail_text(self) -> str:
+        return "".join(self.tail)
+
+
+class _Stream:
+    """One captured fd: its pipe, decoder and the buffer of the cell it feeds."""
+
+    def __init__(self, name: str, fd: int, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, fd)  # fd (1 or 2) is now the pipe's write end, inheritable
+        os.close(write_fd)
+        self.read_fd = read_fd
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.buffer = self.new_buffer()
+        self.pending = b""  # bytes held back while a sentinel may be split across reads
+        self.token: bytes | None = None
+        self.done = threading.Event()
+
+    def new_buffer(self) -> CappedText:
+        half = self.limit // 2
+        return CappedText(head_limit=half, tail_limit=self.limit - half)
+
+    def feed(self, data: bytes) -> None:
+        text = self.decoder.decode(data)
+        if "\x00" in text:
+            text = text.replace("\x00", "\\x00")
+        if text:
+            self.buffer.add(text)
+
+    def receive(self, data: bytes) -> bool:
+        """Take bytes from the pipe; True when this cell's sentinel was seen."""
+        token = self.token
+        if token is None:
+            self.feed(data)
+            return False
+        data = self.pending + data
+        idx = data.find(token)
+        if idx < 0:
+            keep = len(token) - 1
+            self.pending = data[-keep:] if len(data) > keep else data
+            self.feed(data[: len(data) - len(self.pending)])
+            return False
+        self.feed(data[:idx])
+        self.pending = data[idx + len(token) :]
+        return True
+
+
+class OutputCapture:
+    """Owns fds 1 and 2 of the worker for its whole life."""
+
+    def __init__(self, limit: int, send: Callable[[str, str, str], None]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._send = send  # (exec_id, stream, text) -> None
+        self._streams = {
+            "stdout": _Stream("stdout", 1, limit),
+            "stderr": _Stream("stderr", 2, limit),
+        }
+        self._lock = threading.Lock()
+        self._exec_id: str | None = None
+        self._last_send = 0.0
+        # Line-buffered text layers over the captured fds: Python prints interleave with C
+        # writes in the order they happen. backslashreplace: printing a lone surrogate must
+        # not raise in user code.
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False),
+            encoding="utf-8",
+            errors="backslashreplace",
+            line_buffering=True,
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False),
+            encoding="utf-8",
+            errors="backslashreplace",
+            line_buffering=True,
+        )
+        sys.__stdout__ = sys.stdout
+        sys.__stderr__ = sys.stderr
+        self._thread = threading.Thread(target=self._run, name="interp-capture", daemon=True)
+        self._thread.start()
+
+    def begin(self, exec_id: str) -> None:
+        """Start attributing output to exec_id (output since the last cell is kept)."""
+        with self._lock:
+            self._exec_id = exec_id
+            for stream in self._streams.values():
+                stream.done.clear()
+
+    def end(self, timeout: float = 5.0) -> dict[str, dict[str, object]]:
+        """Flush, wait for the sentinels, and return the cell's tails and counts.
+
+        The head was already streamed through `send`; this returns what is left.
+        """
+        for f in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # user code may have replaced or closed them
+                f.flush()
+        token = b"\x00\x1einterp-end-" + secrets.token_hex(8).encode() + b"\x1e\x00"
+        with self._lock:
+            for stream in self._streams.values():
+                stream.token = token
+        for fd in (1, 2):
+            try:
+                os.write(fd, token)
+            except OSError:  # fd closed by user code: nothing more will come from it
+                self._streams[STREAMS[fd - 1]].done.set()
+        deadline = time.monotonic() + timeout
+        for stream in self._streams.values():
+            stream.done.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            out: dict[str, dict[str, object]] = {}
+            for name, stream in self._streams.items():
+                buf = stream.buffer
+                self._flush_head(name, stream)
+                out[name] = {
+                    "tail": buf.tail_text(),
+                    "dropped": buf.dropped,
+                    "head_len": buf.head_len,
+                }
+                stream.buffer = stream.new_buffer()
+                stream.token = None
+                leftover, stream.pending = stream.pending, b""
+                if leftover:  # written after the sentinel: belongs to the next cell
+                    stream.feed(leftover)
+            self._exec_id = None
+            return out
+
+    def _flush_head(self, name: str, stream: _Stream) -> None:
+        if self._exec_id is None or stream.buffer.sent >= stream.buffer.head_len:
+            return
+        text = stream.buffer.unsent_head()
+        if text:
+            self._send(self._exec_id, name, text)
+
+    def _run(self) -> None:
+        fds = {s.read_fd: s for s in self._streams.values()}
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        while True:
+            try:
+                events = poller.poll(_SEND_INTERVAL * 1000)
+                with self._lock:
+                    for fd, _ in events:
+                        stream = fds[fd]
+                        data = os.read(fd, 65536)
+                        if not data:  # every writer closed the pipe: nothing more can come
+                            poller.unregister(fd)
+                            stream.done.set()
+                        elif stream.receive(data):
+                            stream.done.set()
+                    now = time.monotonic()
+                    if self._exec_id is not None and now - self._last_send >= _SEND_INTERVAL:
+                        self._last_send = now
+                        for name, stream in self._streams.items():
+                            self._flush_head(name, stream)
+            except Exception:  # the reader must outlive anything; losing it hangs prints
+                time.sleep(0.01)

@@ -1,0 +1,112 @@
+"""Command line: arguments → `Config` → logging (stderr) → serve over stdio or HTTP.
+
+The forkserver is started before fastmcp is imported: its IPython import (and shell build)
+then overlaps fastmcp's ~1.5 s import, and it inherits fds 0/1/2 before anything could have
+written to them. Nothing here prints to stdout: under stdio it is the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from interp.config import Config, Limits
+
+log = logging.getLogger("interp.cli")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = Config()
+    p = argparse.ArgumentParser(
+        prog="interp", description="Stateful Python sessions for AI agents, over MCP."
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout (default)")
+    mode.add_argument("--port", type=int, help="serve streamable HTTP on this port, path /mcp")
+    p.add_argument("--host", default=defaults.host, help="HTTP bind address (loopback only)")
+    p.add_argument("--workspace", type=Path, default=defaults.workspace, help="working folder")
+    p.add_argument("--snapshots", type=Path, default=defaults.snapshots, help="state folder")
+    p.add_argument("--log-level", default=defaults.log_level, help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-file", type=Path, help="log to this file instead of stderr")
+    p.add_argument("--spare-workers", type=int, default=defaults.spare_workers)
+    p.add_argument("--max-sessions", type=int, default=defaults.limits.max_sessions)
+    p.add_argument(
+        "--preload", default="", help="comma-separated modules the forkserver pre-imports"
+    )
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    if args.port is not None and not 0 < args.port < 65536:
+        raise SystemExit("interp: --port must be 1-65535")
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        # Sessions execute arbitrary code; without token auth (planned) only loopback is safe.
+        raise SystemExit(
+            f"interp: refusing to bind {args.host!r}: only loopback addresses are allowed"
+        )
+    return Config(
+        workspace=args.workspace.resolve(),
+        snapshots=args.snapshots.resolve(),
+        transport="http" if args.port is not None else "stdio",
+        host=args.host,
+        port=args.port or 8000,
+        log_level=args.log_level,
+        log_file=args.log_file.resolve() if args.log_file else None,
+        spare_workers=max(0, args.spare_workers),
+        preload_modules=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
+        limits=Limits(max_sessions=max(1, args.max_sessions)),
+    )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwind like Ctrl-C so the lifespan stops every worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = build_config(parse_args(argv))
+    config.workspace.mkdir(parents=True, exist_ok=True)
+    config.snapshots.mkdir(parents=True, exist_ok=True)
+
+    from interp import spawner
+
+    spawner.start_forkserver(config.preload_modules)
+
+    from interp import logs
+
+    logs.configure(config.log_level, config.log_file)
+    os.environ.setdefault("FASTMCP_SHOW_CLI_BANNER", "false")
+
+    from interp.server import create_server
+
+    mcp = create_server(config)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        if config.transport == "stdio":
+            mcp.run(transport="stdio", show_banner=False)
+        else:
+            _serve_http(mcp, config)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        log.info("server stopped")
+        logging.shutdown()
+        sys.stderr.flush()
+    # A thread blocked reading stdin would keep the process alive; everything is shut down.
+    os._exit(0)
+
+
+def _serve_http(mcp: object, config: Config) -> None:
+    import uvicorn
+
+    app = mcp.http_app(path="/mcp")  # type: ignore[attr-defined]
+    log.info("serving MCP over HTTP at http://%s:%d/mcp", config.host, config.port)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", lifespan="on")

@@ -1,0 +1,82 @@
+"""The one typed configuration object, built once by the CLI and passed down.
+
+Every knob of the server lives here with its reason; no module keeps settings of its own.
+This module imports nothing heavy: the worker side reads it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Session ids are file-name-safe so they can name snapshot folders later (issue 3).
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one call may ask for or return."""
+
+    #: Longest code string accepted by run_python_code / completion / inspect.
+    max_code_chars: int = 1_000_000
+    #: Per stream (stdout, stderr), what an execution result keeps: the first half and the
+    #: last half of this many characters, with a marker saying how much was cut between.
+    output_chars: int = 40_000
+    #: Images returned per execution; more are counted and dropped.
+    max_images: int = 8
+    #: Largest single image (decoded bytes) returned inline.
+    max_image_bytes: int = 4 * 1024 * 1024
+    #: Default and maximum run_python_code timeout, seconds.
+    default_timeout: float = 60.0
+    max_timeout: float = 24 * 3600.0
+    #: Number of live sessions at once (each is a process).
+    max_sessions: int = 32
+    #: Largest frame a worker may send (results with images); larger kills the worker.
+    max_frame_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """How a timeout or cancellation stops a running cell, rung by rung (DESIGN §1)."""
+
+    #: After SIGINT, how long the cell gets to raise KeyboardInterrupt and reply.
+    interrupt_grace: float = 2.0
+    #: After SIGTERM+SIGCONT to the process group, how long before SIGKILL.
+    terminate_grace: float = 1.0
+    #: After SIGKILL, how long to wait for the exit to be reported.
+    kill_grace: float = 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs to run. Paths are absolute once built by `from_args`."""
+
+    #: Folder user code runs in (the session's cwd) and the file tools are confined to.
+    workspace: Path = REPO_ROOT / "workspace"
+    #: Folder for session snapshots and the server's runtime files (fault logs, status feed).
+    snapshots: Path = REPO_ROOT / "snapshots"
+    transport: Literal["stdio", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    #: Optional log file; logs otherwise go to stderr (never stdout: it is the protocol).
+    log_file: Path | None = None
+    #: Pre-forked idle workers kept ready so create_session never waits for a fork.
+    spare_workers: int = 1
+    #: Extra modules the forkserver imports before forking (e.g. numpy, pandas): children
+    #: then share their pages copy-on-write and import them instantly.
+    preload_modules: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    ladder: Ladder = field(default_factory=Ladder)
+
+    @property
+    def run_dir(self) -> Path:
+        """Runtime files of this server (fault logs of workers); safe to delete when stopped."""
+        return self.snapshots / ".run"
+
+    def replace(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,166 @@
+"""Typed tool results (they become ``structuredContent``) and the sanitising of every string.
+
+Result keys are a superset of the product interp replaces (DESIGN §3), so prompts written for
+it keep working. `clean` runs on every string that leaves the server: one lone surrogate
+(``print('\\ud800')``) or a NUL otherwise kills a FastMCP stdio server and every session in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+ExecStatus = Literal["ok", "error", "timeout", "interrupted", "crashed"]
+
+
+def clean(value: Any) -> Any:
+    """Make every string in value valid, NUL-free UTF-8 (recursively through lists/dicts)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value.replace("\x00", "\\x00") if "\x00" in value else value
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    return value
+
+
+class ErrorInfo(BaseModel):
+    ename: str = Field(description="exception class name, e.g. ZeroDivisionError")
+    evalue: str = Field(description="exception message")
+    traceback: str = Field(description="plain-text traceback (no ANSI colours)")
+
+
+class ImageInfo(BaseModel):
+    mime_type: str
+    bytes: int = Field(description="decoded size; the image itself is an MCP image content block")
+
+
+class CrashInfo(BaseModel):
+    exitcode: int | None = Field(description="exit status if the worker exited")
+    signal: str | None = Field(description="signal name if a signal killed it, e.g. SIGSEGV")
+    description: str
+    fault_trace: str = Field(description="faulthandler's traceback of a hard crash, if any")
+
+
+class ExecResult(BaseModel):
+    status: ExecStatus = Field(description="ok | error | timeout | interrupted | crashed")
+    session_id: str
+    execution_count: int | None = Field(description="IPython's In[n] number of the cell")
+    stdout: str
+    stderr: str
+    result: str | None = Field(description="text/plain of the cell's last expression")
+    results: list[str] = Field(description="text/plain of displays, then of the result")
+    error: ErrorInfo | None
+    duration_ms: float
+    execution_time: float = Field(description="duration in seconds")
+    images: list[ImageInfo] = Field(description="images returned as image content, in order")
+    images_dropped: list[str] = Field(description="images not returned, with the reason")
+    truncated: dict[str, int] = Field(description="characters cut from the middle, per stream")
+    timeout_rung: str | None = Field(
+        description="how a timed-out or cancelled cell was stopped: interrupt | terminate | kill"
+    )
+    state_lost: bool = Field(description="true if the session's variables were lost")
+    restarted: bool = Field(description="true if the worker was replaced during this call")
+    crash: CrashInfo | None
+    notices: list[str] = Field(description="things the agent should know about this session")
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    description: str
+    state: str
+    pid: int | None
+    current: bool
+    created_at: float
+    executions: int
+    restarts: int
+    last_exit: str | None
+
+
+class CreateSessionResult(BaseModel):
+    session_id: str
+    status: Literal["created"]
+    description: str
+    pid: int | None
+
+
+class SwitchSessionResult(BaseModel):
+    previous_session: str
+    current_session: str
+
+
+class ListSessionsResult(BaseModel):
+    sessions: list[SessionInfo]
+    active_session: str
+    total_sessions: int
+
+
+class DeleteSessionResult(BaseModel):
+    session_id: str
+    status: Literal["deleted"]
+
+
+class RestartResult(BaseModel):
+    restarted: bool
+    session_id: str
+    preserve_state: bool
+    pid: int | None
+
+
+class InterruptResult(BaseModel):
+    session_id: str
+    interrupted: bool = Field(description="true if a running cell was sent SIGINT")
+    state: str
+    detail: str
+
+
+class Variable(BaseModel):
+    name: str
+    type: str
+    repr: str = Field(description="short repr, cut at about 120 characters")
+    size_bytes: int = Field(description="nbytes for arrays, else sys.getsizeof (shallow)")
+
+
+class VariablesResult(BaseModel):
+    session_id: str
+    variables: list[Variable]
+    count: int
+
+
+class Completion(BaseModel):
+    text: str
+    type: str
+    signature: str
+
+
+class CompletionResult(BaseModel):
+    matches: list[str]
+    cursor_start: int
+    cursor_end: int
+    completions: list[Completion]
+
+
+class InspectResult(BaseModel):
+    found: bool
+    name: str
+    text: str
+
+
+class ResponsivenessResult(BaseModel):
+    session_id: str
+    responsive: bool
+    response_time: float | None = Field(description="round trip to the worker, seconds")
+    state: str
+    detail: str
+
+
+class PingResult(BaseModel):
+    ok: bool
+    version: str
+    uptime_s: float
+    sessions: int

@@ -1,0 +1,43 @@
+"""Imported by the multiprocessing forkserver, and only there, before it forks any worker.
+
+It points fd 0 at /dev/null and fd 1 at fd 2 before importing anything (the forkserver
+inherited the server's fds, and under stdio fd 1 is the protocol pipe: no import-time print
+or warning may reach the client), builds and warms the IPython shell, imports the configured
+heavy modules, then ``gc.freeze()`` so forked workers do not dirty the shared pages.
+
+Importing it anywhere else does nothing: the server sets ``_INTERP_FORKSERVER=1`` only in the
+environment it starts the forkserver with.
+"""
+
+from __future__ import annotations
+
+import os
+
+if os.environ.get("_INTERP_FORKSERVER") == "1":
+    _null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(_null, 0)
+    os.close(_null)
+    os.dup2(2, 1)
+
+    import gc
+    import importlib
+    import sys
+    import traceback
+
+    from interp import worker
+
+    try:
+        from interp.shell import build_shell
+
+        for _name in filter(None, os.environ.get("_INTERP_PRELOAD", "").split(",")):
+            try:
+                importlib.import_module(_name)
+            except Exception as _exc:  # a missing optional module must not stop sessions
+                sys.stderr.write(f"interp: preload of {_name!r} failed: {_exc}\n")
+        worker.SHELL = build_shell()
+    except Exception:
+        # Workers then build their own shell: slower, but sessions still work.
+        sys.stderr.write("interp: forkserver could not pre-build the shell:\n")
+        traceback.print_exc()
+    gc.collect()
+    gc.freeze()

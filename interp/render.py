@@ -1,0 +1,42 @@
+"""Short text summaries of tool results, for clients that show the model only text content.
+
+The structured result carries everything; the text says the same in a form an agent reads at
+a glance: status line first, then only the sections that have something in them.
+"""
+
+from __future__ import annotations
+
+from interp.models import ExecResult
+
+
+def exec_text(r: ExecResult) -> str:
+    head = f"[{r.status}] session {r.session_id}"
+    if r.execution_count is not None:
+        head += f", In[{r.execution_count}]"
+    head += f", {r.duration_ms:.1f} ms"
+    if r.timeout_rung:
+        head += f", stopped by {r.timeout_rung}"
+    parts = [head]
+    for notice in r.notices:
+        parts.append(f"note: {notice}")
+    if r.stdout:
+        parts.append("--- stdout ---\n" + r.stdout.rstrip("\n"))
+    if r.stderr:
+        parts.append("--- stderr ---\n" + r.stderr.rstrip("\n"))
+    displays = r.results[:-1] if r.result is not None else r.results
+    for text in displays:
+        parts.append("--- display ---\n" + text)
+    if r.result is not None:
+        parts.append("--- result ---\n" + r.result)
+    if r.images:
+        parts.append(f"--- {len(r.images)} image(s) attached ---")
+    for why in r.images_dropped:
+        parts.append(f"image not returned: {why}")
+    if r.error is not None:
+        tb = r.error.traceback.strip() or f"{r.error.ename}: {r.error.evalue}"
+        parts.append("--- error ---\n" + tb)
+    if r.crash is not None:
+        parts.append(f"--- crash: {r.crash.description} ---")
+        if r.crash.fault_trace:
+            parts.append(r.crash.fault_trace)
+    return "\n".join(parts)

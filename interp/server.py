@@ -1,0 +1,419 @@
+"""The FastMCP application: tool definitions, the lifespan that owns every worker, middleware.
+
+Tool docstrings are written for the agent (what persists, what is cut, what comes back).
+Every argument is constrained here, before any session sees it. Session-scoped tools take an
+optional ``session_id`` that defaults to the current session (see `switch_session`).
+"""
+
+import base64
+import binascii
+import functools
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
+from fastmcp.tools import ToolResult
+from mcp.types import ContentBlock, ImageContent, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from interp import __version__, protocol, render, spawner
+from interp.config import SESSION_ID_PATTERN, Config
+from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
+from interp.manager import SessionManager
+from interp.middleware import CallStats, ErrorBoundary
+from interp.models import (
+    CompletionResult,
+    CreateSessionResult,
+    DeleteSessionResult,
+    ErrorInfo,
+    ExecResult,
+    ImageInfo,
+    InspectResult,
+    InterruptResult,
+    ListSessionsResult,
+    PingResult,
+    ResponsivenessResult,
+    RestartResult,
+    SessionInfo,
+    SwitchSessionResult,
+    VariablesResult,
+    clean,
+)
+from interp.session import ExecOutcome
+
+INSTRUCTIONS = """\
+interp runs Python for you in persistent IPython sessions. Variables, imports and functions
+persist between run_python_code calls in the same session. Each session is its own process:
+create_session makes a new isolated one; switch_session changes the default for later calls.
+A cell that overruns its timeout is interrupted (state kept) or, if it will not stop, its
+session restarts with fresh state; the result says which. Output is capped: the middle of very
+long output is cut with a marker. Images a cell displays come back as image content.
+The working directory is the workspace folder."""
+
+SessionIdArg = Annotated[
+    str | None,
+    Field(
+        description="session to use; omit for the current session",
+        pattern=SESSION_ID_PATTERN,
+    ),
+]
+NewSessionId = Annotated[
+    str,
+    Field(description="name for the session: 1-64 of A-Z a-z 0-9 _ -", pattern=SESSION_ID_PATTERN),
+]
+F = TypeVar("F")
+
+
+def _refusals(fn: F) -> F:
+    """Turn an InterpError into a ToolError inside the tool, where FastMCP expects it: the
+    client gets our short message and the server log no traceback for a mere refusal."""
+
+    @functools.wraps(fn)  # type: ignore[arg-type]
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)  # type: ignore[operator]
+        except InterpError as exc:
+            raise ToolError(clean(str(exc))) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
+
+
+@dataclass
+class ServerState:
+    """What the tools share; `manager` is set while the lifespan runs."""
+
+    config: Config
+    stats: CallStats
+    manager: SessionManager | None = None
+    started: float = 0.0
+
+    def sessions(self) -> SessionManager:
+        if self.manager is None:
+            raise SessionUnavailable("the server is starting or stopping; retry in a moment")
+        return self.manager
+
+
+def _result(model: BaseModel, text: str, extra: list[ContentBlock] | None = None) -> ToolResult:
+    content: list[ContentBlock] = [TextContent(type="text", text=clean(text)), *(extra or [])]
+    return ToolResult(content=content, structured_content=clean(model.model_dump(mode="json")))
+
+
+def _exec_result(outcome: ExecOutcome) -> ToolResult:
+    images: list[ContentBlock] = []
+    infos: list[ImageInfo] = []
+    dropped = list(outcome.images_dropped)
+    for img in outcome.images:
+        try:
+            raw_len = len(base64.b64decode(img["data"], validate=True))
+        except (binascii.Error, KeyError, TypeError, ValueError):
+            dropped.append(f"{img.get('mime', '?')}: not valid base64")
+            continue
+        images.append(ImageContent(type="image", data=img["data"], mime_type=img["mime"]))
+        infos.append(ImageInfo(mime_type=img["mime"], bytes=raw_len))
+    results = list(outcome.texts)
+    if outcome.result is not None:
+        results.append(outcome.result)
+    err = outcome.error
+    model = ExecResult(
+        status=outcome.status,  # type: ignore[arg-type]
+        session_id=outcome.session_id,
+        execution_count=outcome.execution_count,
+        stdout=outcome.stdout,
+        stderr=outcome.stderr,
+        result=outcome.result,
+        results=results,
+        error=ErrorInfo(
+            ename=str(err.get("ename", "")),
+            evalue=str(err.get("evalue", "")),
+            traceback=str(err.get("traceback", "")),
+        )
+        if err
+        else None,
+        duration_ms=round(outcome.duration_ms, 3),
+        execution_time=round(outcome.duration_ms / 1000, 6),
+        images=infos,
+        images_dropped=dropped,
+        truncated=outcome.truncated,
+        timeout_rung=outcome.timeout_rung,
+        state_lost=outcome.state_lost,
+        restarted=outcome.restarted,
+        crash=outcome.crash,  # type: ignore[arg-type]
+        notices=outcome.notices,
+    )
+    model = ExecResult.model_validate(clean(model.model_dump()))
+    return _result(model, render.exec_text(model), images)
+
+
+def create_server(config: Config) -> FastMCP:
+    state = ServerState(config=config, stats=CallStats())
+
+    @asynccontextmanager
+    async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
+        spawner.start_forkserver(config.preload_modules)
+        manager = SessionManager(config)
+        state.started = time.monotonic()
+        try:
+            await manager.start()
+            state.manager = manager
+            yield {"state": state}
+        finally:
+            state.manager = None
+            await manager.aclose()
+
+    mcp = FastMCP(
+        "interp",
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        middleware=[ErrorBoundary(state.stats)],
+        mask_error_details=True,  # unexpected exceptions must not leak server internals
+    )
+
+    def tool(**kwargs: Any) -> Any:
+        return lambda fn: mcp.tool(**kwargs)(_refusals(fn))
+
+    limits = config.limits
+    Code = Annotated[
+        str, Field(description="Python/IPython source", max_length=limits.max_code_chars)
+    ]
+    CursorPos = Annotated[
+        int | None,
+        Field(description="cursor offset in code (characters); default: end of code", ge=0),
+    ]
+
+    def _cursor(code: str, pos: int | None) -> int:
+        if pos is None:
+            return len(code)
+        if pos > len(code):
+            raise InvalidRequest(
+                f"cursor_pos {pos} is past the end of code ({len(code)} characters)"
+            )
+        return pos
+
+    # -- execution -------------------------------------------------------------------
+
+    @tool(output_schema=ExecResult.model_json_schema())
+    async def run_python_code(
+        code: Code,
+        timeout: Annotated[
+            float,
+            Field(
+                description="seconds before the cell is interrupted",
+                gt=0,
+                le=limits.max_timeout,
+                allow_inf_nan=False,
+            ),
+        ] = limits.default_timeout,
+        session_id: SessionIdArg = None,
+    ) -> ToolResult:
+        """Run Python (IPython syntax: %magics and !shell work) in a persistent session.
+
+        State persists across calls in the same session. Returns status (ok, error, timeout,
+        interrupted, crashed), stdout, stderr, the last expression's value as text, and any
+        displayed images as image content. Output beyond the cap keeps its start and end with a
+        marker in between. On timeout the cell is interrupted and the session stays usable;
+        if it will not stop, the session restarts and the result says state was lost.
+        input() is unavailable: put values in the code.
+        """
+        session = state.sessions().get(session_id)
+        return _exec_result(await session.execute(code, timeout))
+
+    @tool(output_schema=InterruptResult.model_json_schema())
+    async def interrupt_kernel(session_id: SessionIdArg = None) -> ToolResult:
+        """Interrupt the code running in a session (like Ctrl-C). Harmless if it is idle.
+
+        The running call then returns with status "interrupted"; state is kept.
+        """
+        session = state.sessions().get(session_id)
+        sent = session.interrupt("interrupted")
+        detail = "sent SIGINT to the running cell" if sent else "the session is idle; nothing to do"
+        model = InterruptResult(
+            session_id=session.id, interrupted=sent, state=session.state.value, detail=detail
+        )
+        return _result(model, f"session {session.id}: {detail}")
+
+    # -- sessions --------------------------------------------------------------------
+
+    def _info(s: Any, manager: SessionManager) -> SessionInfo:
+        return SessionInfo(
+            session_id=s.id,
+            description=s.description,
+            state=s.state.value,
+            pid=s.worker.pid if s.worker is not None and s.worker.alive else None,
+            current=s.id == manager.current,
+            created_at=s.created_at,
+            executions=s.executions,
+            restarts=s.restarts,
+            last_exit=s.last_exit,
+        )
+
+    @tool(output_schema=CreateSessionResult.model_json_schema())
+    async def create_session(
+        session_id: NewSessionId,
+        description: Annotated[
+            str, Field(description="what the session is for", max_length=500)
+        ] = "",
+    ) -> ToolResult:
+        """Create a new, isolated Python session (its own process, empty namespace).
+
+        It does not become the current session: pass session_id to other tools, or call
+        switch_session.
+        """
+        manager = state.sessions()
+        session = await manager.create(session_id, description)
+        pid = session.worker.pid if session.worker else None
+        model = CreateSessionResult(
+            session_id=session.id, status="created", description=description, pid=pid
+        )
+        return _result(model, f"created session {session.id} (pid {pid})")
+
+    @tool(output_schema=SwitchSessionResult.model_json_schema())
+    async def switch_session(session_id: NewSessionId) -> ToolResult:
+        """Make session_id the current session: the default for every session-scoped tool."""
+        manager = state.sessions()
+        previous = manager.switch(session_id)
+        model = SwitchSessionResult(previous_session=previous, current_session=session_id)
+        return _result(model, f"current session: {session_id} (was {previous})")
+
+    @tool(output_schema=ListSessionsResult.model_json_schema(), annotations=READ_ONLY)
+    async def list_sessions() -> ToolResult:
+        """List sessions with their state, process id, executions and restarts."""
+        manager = state.sessions()
+        infos = [_info(s, manager) for s in manager.sessions.values()]
+        model = ListSessionsResult(
+            sessions=infos, active_session=manager.current, total_sessions=len(infos)
+        )
+        lines = [
+            f"{'*' if i.current else ' '} {i.session_id} [{i.state}] pid={i.pid} "
+            f"executions={i.executions} restarts={i.restarts}"
+            for i in infos
+        ]
+        return _result(
+            model, f"{len(infos)} session(s), current {manager.current}\n" + "\n".join(lines)
+        )
+
+    @tool(output_schema=DeleteSessionResult.model_json_schema())
+    async def delete_session(session_id: NewSessionId) -> ToolResult:
+        """Delete a session: its process and every child process it started are stopped and
+        its state is discarded. The default session cannot be deleted (restart it instead)."""
+        await state.sessions().delete(session_id)
+        model = DeleteSessionResult(session_id=session_id, status="deleted")
+        return _result(model, f"deleted session {session_id}")
+
+    @tool(output_schema=RestartResult.model_json_schema())
+    async def restart_kernel(
+        preserve_state: Annotated[
+            bool, Field(description="keep variables across the restart (needs snapshots)")
+        ] = False,
+        session_id: SessionIdArg = None,
+    ) -> ToolResult:
+        """Restart a session's process with an empty namespace (stops its child processes)."""
+        if preserve_state:
+            raise InvalidRequest(
+                "preserve_state=true is not available yet in this version (it needs state "
+                "snapshots); nothing was restarted. Call with preserve_state=false to start fresh."
+            )
+        session = state.sessions().get(session_id)
+        worker = await session.restart()
+        model = RestartResult(
+            restarted=True, session_id=session.id, preserve_state=False, pid=worker.pid
+        )
+        return _result(model, f"session {session.id} restarted with fresh state (pid {worker.pid})")
+
+    # -- introspection -----------------------------------------------------------------
+
+    @tool(output_schema=VariablesResult.model_json_schema(), annotations=READ_ONLY)
+    async def list_variables(session_id: SessionIdArg = None) -> ToolResult:
+        """List the session's user variables: name, type, short repr and size in bytes."""
+        session = state.sessions().get(session_id)
+        reply = await session.call(protocol.OP_VARIABLES)
+        model = VariablesResult(
+            session_id=session.id, variables=reply["variables"], count=len(reply["variables"])
+        )
+        lines = [f"{v.name}: {v.type} = {v.repr}" for v in model.variables]
+        return _result(model, f"{model.count} variable(s)\n" + "\n".join(lines))
+
+    @tool(output_schema=CompletionResult.model_json_schema(), annotations=READ_ONLY)
+    async def code_completion(
+        code: Code, cursor_pos: CursorPos = None, session_id: SessionIdArg = None
+    ) -> ToolResult:
+        """Complete code at cursor_pos using the session's live namespace (IPython + jedi)."""
+        session = state.sessions().get(session_id)
+        pos = _cursor(code, cursor_pos)
+        reply = await session.call(protocol.OP_COMPLETE, code=code, cursor_pos=pos)
+        model = CompletionResult.model_validate(reply, from_attributes=False, strict=False)
+        return _result(model, ", ".join(model.matches[:50]) or "no completions")
+
+    @tool(output_schema=InspectResult.model_json_schema(), annotations=READ_ONLY)
+    async def inspect_object(
+        code: Code,
+        cursor_pos: CursorPos = None,
+        detail_level: Annotated[
+            int, Field(description="0: signature and docstring; 1: also the source", ge=0, le=1)
+        ] = 0,
+        session_id: SessionIdArg = None,
+    ) -> ToolResult:
+        """Show the signature, docstring (and with detail_level=1 the source) of the name at
+        cursor_pos, as IPython's ``obj?`` / ``obj??`` would."""
+        session = state.sessions().get(session_id)
+        pos = _cursor(code, cursor_pos)
+        reply = await session.call(
+            protocol.OP_INSPECT, code=code, cursor_pos=pos, detail_level=detail_level
+        )
+        model = InspectResult(found=reply["found"], name=reply["name"], text=reply["text"])
+        return _result(model, model.text if model.found else f"nothing found for {model.name!r}")
+
+    # -- health ------------------------------------------------------------------------
+
+    @tool(output_schema=ResponsivenessResult.model_json_schema(), annotations=READ_ONLY)
+    async def check_kernel_responsiveness(
+        timeout: Annotated[
+            float,
+            Field(description="seconds to wait for the worker", gt=0, le=60, allow_inf_nan=False),
+        ] = 5.0,
+        session_id: SessionIdArg = None,
+    ) -> ToolResult:
+        """Measure a real round trip to the session's worker process."""
+        session = state.sessions().get(session_id)
+        started = time.perf_counter()
+        try:
+            await session.call(protocol.OP_PING, wait=timeout, timeout=timeout)
+            elapsed = time.perf_counter() - started
+            model = ResponsivenessResult(
+                session_id=session.id,
+                responsive=True,
+                response_time=round(elapsed, 6),
+                state=session.state.value,
+                detail=f"worker answered in {elapsed * 1000:.2f} ms",
+            )
+        except (SessionBusy, SessionUnavailable) as exc:
+            model = ResponsivenessResult(
+                session_id=session.id,
+                responsive=False,
+                response_time=None,
+                state=session.state.value,
+                detail=str(exc),
+            )
+        verdict = "responsive" if model.responsive else "not responsive"
+        return _result(model, f"session {session.id} {verdict}: {model.detail}")
+
+    @tool(output_schema=PingResult.model_json_schema(), annotations=READ_ONLY)
+    async def ping() -> ToolResult:
+        """Cheap liveness check of the server itself (does not touch any session)."""
+        manager = state.manager
+        model = PingResult(
+            ok=True,
+            version=__version__,
+            uptime_s=round(time.monotonic() - state.started, 3),
+            sessions=len(manager.sessions) if manager else 0,
+        )
+        return _result(model, "pong")
+
+    mcp.state = state  # type: ignore[attr-defined]  # for tests and health output
+    return mcp

@@ -1,0 +1,247 @@
+"""The IPython shell a worker runs, built once in the forkserver and inherited by every fork.
+
+`WorkerShell` is an `InteractiveShell` that collects instead of printing: the value of the last
+expression, rich displays (images, text) and the traceback of an error go into the current
+`CellRecord`, as ipykernel's ZMQ shell sends them as messages. History is off (no sqlite, no
+history thread) and IPython 9's tee of every write into ``HistoryManager.outputs`` is disabled:
+it never shrinks and makes prints several times slower.
+
+Also here: completion, inspection and the variable listing, all answered from inside the worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import re
+import reprlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets import Type
+from traitlets.config import Config
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+@dataclass
+class CellRecord:
+    """What one cell produced besides its stdout/stderr."""
+
+    max_images: int
+    max_image_bytes: int
+    result: str | None = None
+    texts: list[str] = field(default_factory=list)  # text/plain of displays, in order
+    images: list[dict[str, str]] = field(default_factory=list)  # {mime, data(base64)}
+    images_dropped: list[str] = field(default_factory=list)  # why each was dropped
+    error: dict[str, Any] | None = None
+
+    def add_bundle(self, data: dict[str, Any], *, is_result: bool) -> None:
+        image = next((m for m in IMAGE_MIMES if m in data), None)
+        if image is not None:
+            self._add_image(image, data[image])
+        text = data.get("text/plain")
+        if isinstance(text, str):
+            if is_result:
+                self.result = text
+            elif image is None:
+                self.texts.append(text)
+
+    def _add_image(self, mime: str, payload: Any) -> None:
+        if isinstance(payload, bytes | bytearray):
+            raw_len = len(payload)
+            encoded = base64.b64encode(payload).decode("ascii")
+        elif isinstance(payload, str):
+            encoded = payload.replace("\n", "")
+            raw_len = len(encoded) * 3 // 4
+        else:
+            self.images_dropped.append(f"{mime}: unsupported payload {type(payload).__name__}")
+            return
+        if len(self.images) >= self.max_images:
+            self.images_dropped.append(f"{mime}: more than {self.max_images} images in one cell")
+        elif raw_len > self.max_image_bytes:
+            self.images_dropped.append(
+                f"{mime}: {raw_len} bytes, over the {self.max_image_bytes}-byte limit"
+            )
+        else:
+            self.images.append({"mime": mime, "data": encoded})
+
+
+class CollectingDisplayHook(DisplayHook):
+    """Stores the last expression's formatted value instead of printing ``Out[n]:``."""
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict: dict[str, Any], md_dict: Any = None) -> None:
+        record = getattr(self.shell, "record", None)
+        if record is not None:
+            record.add_bundle(format_dict, is_result=True)
+
+    def log_output(self, format_dict: dict[str, Any]) -> None:
+        pass  # IPython 9 appends every result to a never-shrinking history list here
+
+    def finish_displayhook(self) -> None:
+        self._is_active = False
+
+
+class CollectingPublisher(DisplayPublisher):
+    """Collects display() bundles (matplotlib figures, images, text) into the cell record."""
+
+    def publish(self, data: dict[str, Any], metadata: Any = None, *args: Any, **kw: Any) -> None:
+        record = getattr(self.shell, "record", None)
+        if record is not None:
+            record.add_bundle(data, is_result=False)
+
+    def clear_output(self, wait: bool = False) -> None:
+        pass
+
+
+class WorkerShell(InteractiveShell):
+    displayhook_class = Type(CollectingDisplayHook)
+    display_pub_class = Type(CollectingPublisher)
+    record: CellRecord | None = None
+
+    @contextlib.contextmanager
+    def _tee(self, channel: str) -> Iterator[None]:  # type: ignore[override]
+        yield  # see module docstring: the history tee is a leak here
+
+    def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
+        lines = stb if isinstance(stb, list) else [str(stb)]
+        error = {
+            "ename": getattr(etype, "__name__", str(etype)),
+            "evalue": strip_ansi(str(evalue)),
+            "traceback": strip_ansi("\n".join(lines)),
+        }
+        if self.record is not None:
+            self.record.error = error
+        else:
+            sys.stderr.write(error["traceback"] + "\n")
+
+    def enable_gui(self, gui: Any = None) -> None:
+        pass  # no event loop in a worker
+
+    def ask_exit(self) -> None:
+        # exit()/quit() in a cell: the session outlives it. Say so rather than ignore it.
+        sys.stderr.write("exit() ignored: use restart_kernel or delete_session to end a session.\n")
+
+
+def _no_input(*args: Any, **kwargs: Any) -> str:
+    raise RuntimeError(
+        "input() is not available: an interp session has no terminal. "
+        "Pass values in the code itself (e.g. name = 'value')."
+    )
+
+
+def build_shell() -> WorkerShell:
+    """Build and warm the shell. Runs in the forkserver, once, before any fork."""
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    cfg.HistoryManager.hist_file = ":memory:"
+    cfg.InteractiveShell.colors = "nocolor"
+    cfg.InteractiveShell.autocall = 0
+    cfg.InteractiveShell.autoindent = False
+    cfg.InteractiveShell.xmode = "Context"
+    cfg.InteractiveShell.cache_size = 100
+    shell = WorkerShell.instance(config=cfg)
+    builtins.input = _no_input
+    shell.user_ns["input"] = _no_input
+    # Warm the paths every session takes (compile, display hook, completion with jedi) so the
+    # work is done once here and shared copy-on-write by every fork.
+    shell.record = CellRecord(max_images=1, max_image_bytes=1)
+    shell.run_cell("import os, sys\n_warm = [i for i in range(3)]\n_warm", store_history=True)
+    shell.record = None
+    with contextlib.suppress(Exception):
+        complete(shell, "os.pa", 5)
+        inspect(shell, "len", 3, 0)
+    shell.reset(new_session=False)
+    shell.user_ns["input"] = _no_input
+    shell.execution_count = 1
+    return shell
+
+
+def complete(shell: InteractiveShell, code: str, cursor_pos: int) -> dict[str, Any]:
+    from IPython.core.completer import provisionalcompleter, rectify_completions
+
+    with provisionalcompleter():
+        raw = shell.Completer.completions(code, cursor_pos)
+        completions = list(rectify_completions(code, raw))
+    items = [
+        {"text": c.text, "type": c.type or "", "signature": c.signature or ""}
+        for c in completions[:200]
+    ]
+    start = completions[0].start if completions else cursor_pos
+    end = completions[0].end if completions else cursor_pos
+    return {
+        "matches": [c["text"] for c in items],
+        "cursor_start": start,
+        "cursor_end": end,
+        "completions": items,
+    }
+
+
+def inspect(shell: InteractiveShell, code: str, cursor_pos: int, detail: int) -> dict[str, Any]:
+    from IPython.utils.tokenutil import token_at_cursor
+
+    name = token_at_cursor(code, cursor_pos)
+    try:
+        bundle = shell.object_inspect_mime(name, detail_level=detail)
+    except KeyError:
+        return {"found": False, "name": name, "text": ""}
+    text = strip_ansi(str(bundle.get("text/plain", "")))
+    return {"found": bool(text.strip()), "name": name, "text": text}
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 120
+_REPR.maxother = 120
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 8
+
+
+def _size_of(value: Any) -> int:
+    nbytes = getattr(value, "nbytes", None)  # numpy arrays, buffers
+    if isinstance(nbytes, int):
+        return nbytes
+    try:
+        return sys.getsizeof(value)
+    except Exception:
+        return 0
+
+
+def variables(shell: InteractiveShell) -> list[dict[str, Any]]:
+    """User-defined names: not IPython's own (In, Out, _i1, ...) nor private ones."""
+    hidden = shell.user_ns_hidden
+    out = []
+    for name, value in list(shell.user_ns.items()):
+        if name.startswith("_") or (name in hidden and hidden[name] is value):
+            continue
+        if name == "input" and value is _no_input:
+            continue
+        try:
+            text = _REPR.repr(value)
+        except Exception as exc:  # a broken __repr__ must not break the listing
+            text = f"<repr failed: {type(exc).__name__}>"
+        kind = type(value)
+        qualname = kind.__qualname__
+        module = kind.__module__
+        out.append(
+            {
+                "name": name,
+                "type": qualname if module == "builtins" else f"{module}.{qualname}",
+                "repr": strip_ansi(text),
+                "size_bytes": _size_of(value),
+            }
+        )
+    out.sort(key=lambda v: v["name"])
+    return out

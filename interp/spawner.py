@@ -1,0 +1,366 @@
+"""Worker processes seen from the server: the forkserver, one process's channel, the spares.
+
+- `start_forkserver` starts multiprocessing's forkserver with `interp.preload`, early, so its
+  IPython import overlaps the server's own (slower) fastmcp import. The server itself never
+  forks: it runs an event loop and threads, and a fork could inherit a held lock.
+- `WorkerProcess` is one worker: its process, the asyncio side of its channel (requests keyed
+  by id; a late reply to an abandoned request is dropped, never handed to the next caller),
+  the output it streams, and the watch on its exit through the process sentinel.
+- `WorkerPool` keeps pre-forked, ready spares so a new session never waits for a fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import forkserver, popen_forkserver, process, reduction, spawn, util
+from multiprocessing.context import set_spawning_popen
+from typing import Any
+
+from interp import protocol
+from interp.config import Config
+from interp.errors import ProtocolError, SessionUnavailable
+from interp.worker import worker_main
+
+log = logging.getLogger("interp.spawner")
+
+_CTX = multiprocessing.get_context("forkserver")
+_ids = itertools.count(1)
+
+
+class _Popen(popen_forkserver.Popen):
+    """Forkserver launch without re-running the server's ``__main__`` in the worker.
+
+    multiprocessing's "prepare" step imports the parent's main script in every child (for
+    the server that is main.py, for tests the pytest script): slow, and nothing a worker
+    needs. This is CPython 3.11's `_launch` minus the two ``init_main_*`` entries.
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        _parent_w = os.dup(w)
+        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _WorkerProcess(process.BaseProcess):
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> _Popen:
+        return _Popen(process_obj)
+
+
+def start_forkserver(preload_modules: tuple[str, ...] = ()) -> None:
+    """Start (or confirm) the forkserver; the environment flag arms `interp.preload`."""
+    _CTX.set_forkserver_preload(["interp.preload"])
+    os.environ["_INTERP_FORKSERVER"] = "1"
+    os.environ["_INTERP_PRELOAD"] = ",".join(preload_modules)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.environ.pop("_INTERP_FORKSERVER", None)
+        os.environ.pop("_INTERP_PRELOAD", None)
+
+
+class WorkerExited(Exception):
+    """The worker process ended; `exitcode` is its exit status or minus the signal number."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(f"worker exited with {describe_exit(exitcode)}")
+        self.exitcode = exitcode
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "an unknown status"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+@dataclass
+class StreamedOutput:
+    """Head of an execution's output as the worker streams it, capped on this side too."""
+
+    limit: int
+    parts: dict[str, list[str]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
+    sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+
+    def add(self, stream: str, text: str) -> None:
+        if stream not in self.parts:
+            return
+        room = self.limit - self.sizes[stream]
+        if room > 0:
+            self.parts[stream].append(text[:room])
+            self.sizes[stream] += min(room, len(text))
+
+    def head(self, stream: str) -> str:
+        return "".join(self.parts[stream])
+
+
+class WorkerProcess:
+    """One worker process and the server's end of its channel."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.token = f"w{next(_ids)}-{secrets.token_hex(3)}"
+        self.fault_path = config.run_dir / f"fault-{self.token}.log"
+        self.pid: int | None = None
+        self.exitcode: int | None = None
+        self.exited: asyncio.Future[int | None] | None = None
+        self.outputs: dict[str, StreamedOutput] = {}
+        self.on_exit: Callable[[WorkerProcess], None] | None = None
+        self._process: Any = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._rids = itertools.count(1)
+
+    @property
+    def alive(self) -> bool:
+        return self.exited is not None and not self.exited.done()
+
+    async def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
+        loop = asyncio.get_running_loop()
+        self.exited = loop.create_future()
+        self._ready = loop.create_future()
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        parent, child = _CTX.Pipe(duplex=True)
+        limits = self.config.limits
+        opts = {
+            "token": self.token,
+            "workspace": str(self.config.workspace),
+            "fault_path": str(self.fault_path),
+            "output_chars": limits.output_chars,
+            "max_images": limits.max_images,
+            "max_image_bytes": limits.max_image_bytes,
+        }
+        process = _WorkerProcess(
+            target=worker_main, args=(child, opts), name=f"interp-{self.token}"
+        )
+        try:
+            # start() blocks until the forkserver has forked (long only while it is still
+            # importing IPython at server start): keep it off the event loop.
+            await asyncio.to_thread(process.start)
+        except Exception as exc:
+            parent.close()
+            child.close()
+            raise SessionUnavailable(f"could not start a worker process: {exc}") from exc
+        child.close()
+        self._process = process
+        self.pid = process.pid
+        sock = socket.socket(fileno=os.dup(parent.fileno()))
+        parent.close()
+        sock.setblocking(False)
+        reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        self._reader_task = asyncio.create_task(self._read_loop(reader), name=self.token)
+        loop.add_reader(process.sentinel, self._on_sentinel)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), ready_timeout)
+        except (TimeoutError, WorkerExited) as exc:
+            await self.kill()
+            raise SessionUnavailable(f"a new worker did not become ready: {exc}") from exc
+        return self
+
+    def _on_sentinel(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._process.sentinel)
+        self.exitcode = self._process.exitcode
+        error = WorkerExited(self.exitcode)
+        for fut in [self._ready, *self._pending.values()]:
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+        if self._ready is not None and self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # mark retrieved
+        self._pending.clear()
+        if self.exited is not None and not self.exited.done():
+            self.exited.set_result(self.exitcode)
+        # Children the worker left in its group die with it.
+        self.signal_group(signal.SIGKILL)
+        if self.on_exit is not None:
+            self.on_exit(self)
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        limit = self.config.limits.max_frame_bytes
+        try:
+            while True:
+                header = await reader.readexactly(protocol.HEADER.size)
+                (size,) = protocol.HEADER.unpack(header)
+                if size < 0 or size > limit:
+                    raise ProtocolError(f"frame of {size} bytes (limit {limit})")
+                self._dispatch(protocol.decode(await reader.readexactly(size)))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            return
+        except Exception as exc:  # garbage on the channel: this worker cannot be trusted
+            log.error("worker %s broke the protocol (%s); killing it", self.token, exc)
+            self.signal_group(signal.SIGKILL)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        rid = message.get("id")
+        if op == protocol.OP_OUT:
+            out = self.outputs.get(str(rid))
+            if out is not None and isinstance(message.get("text"), str):
+                out.add(str(message.get("stream")), message["text"])
+        elif op == protocol.OP_READY:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(message)
+        else:
+            fut = self._pending.pop(str(rid), None)
+            if fut is not None and not fut.done():
+                fut.set_result(message)
+            # else: the late reply of an abandoned request; dropped on purpose
+
+    async def send(self, op: str, **fields: Any) -> tuple[str, asyncio.Future[dict[str, Any]]]:
+        """Send one request; return its id and the future of its reply."""
+        if not self.alive or self._writer is None:
+            raise WorkerExited(self.exitcode)
+        rid = fields.pop("id", None) or f"r{next(self._rids)}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        if op == protocol.OP_EXEC:
+            self.outputs[rid] = StreamedOutput(self.config.limits.output_chars // 2)
+        self._writer.write(protocol.frame({"id": rid, "op": op, **fields}))
+        try:
+            await self._writer.drain()
+        except ConnectionError as exc:
+            self._pending.pop(rid, None)
+            raise WorkerExited(self.exitcode) from exc
+        return rid, fut
+
+    def forget(self, rid: str) -> None:
+        """Drop an abandoned request: its reply, if it ever comes, will be discarded."""
+        self._pending.pop(rid, None)
+        self.outputs.pop(rid, None)
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the worker's process group (its children too); quiet if it is gone."""
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            with contextlib.suppress(ProcessLookupError):
+                if self.alive:
+                    os.kill(self.pid, sig)  # not yet its own group leader
+        except PermissionError:
+            pass
+
+    async def wait_exit(self, timeout: float) -> bool:
+        if self.exited is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def kill(self, grace: float = 0.5) -> None:
+        """Stop the worker and everything in its process group, then release its resources."""
+        if self.alive:
+            self.signal_group(signal.SIGTERM)
+            self.signal_group(signal.SIGCONT)
+            if not await self.wait_exit(grace):
+                self.signal_group(signal.SIGKILL)
+                await self.wait_exit(2.0)
+        self.signal_group(signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        if self._process is not None and not self.alive:
+            with contextlib.suppress(Exception):
+                self._process.join(0)
+                self._process.close()
+        with contextlib.suppress(OSError):
+            self.fault_path.unlink()
+
+    def fault_trace(self, limit: int = 8000) -> str:
+        """What faulthandler wrote (a segfault's traceback), if anything."""
+        try:
+            with open(self.fault_path, errors="replace") as f:
+                return f.read(limit).strip()
+        except OSError:
+            return ""
+
+
+class WorkerPool:
+    """Hands out ready workers, keeping `config.spare_workers` pre-forked in reserve."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._spares: list[WorkerProcess] = []
+        self._filling: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def start(self) -> None:
+        self._refill()
+
+    def _refill(self) -> None:
+        want = self.config.spare_workers - len(self._spares) - len(self._filling)
+        for _ in range(max(0, want)):
+            task = asyncio.create_task(self._add_spare())
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
+
+    async def _add_spare(self) -> None:
+        try:
+            worker = await WorkerProcess(self.config).start()
+        except Exception as exc:
+            log.warning("could not pre-fork a spare worker: %s", exc)
+            return
+        if self._closed:
+            await worker.kill()
+        else:
+            self._spares.append(worker)
+
+    async def take(self) -> WorkerProcess:
+        while self._spares:
+            worker = self._spares.pop()
+            if worker.alive:
+                self._refill()
+                return worker
+            worker.close()
+        worker = await WorkerProcess(self.config).start()
+        self._refill()
+        return worker
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in list(self._filling):
+            task.cancel()
+        await asyncio.gather(*self._filling, return_exceptions=True)
+        spares, self._spares = self._spares, []
+        await asyncio.gather(*(w.kill() for w in spares), return_exceptions=True)
