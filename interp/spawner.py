@@ -1,8 +1,8 @@
 """Worker processes seen from the server: the forkserver, one process's channel, the spares.
 
-- `start_forkserver` starts multiprocessing's forkserver with `interp.preload`, early, so its
-  IPython import overlaps the server's own (slower) fastmcp import. The server itself never
-  forks: it runs an event loop and threads, and a fork could inherit a held lock.
+- The forkserver itself is started by `interp.launch.start_forkserver` (re-exported here).
+  The server never forks: it runs an event loop and threads, and a fork could inherit a
+  held lock.
 - `WorkerProcess` is one worker: its process, the asyncio side of its channel (requests keyed
   by id; a late reply to an abandoned request is dropped, never handed to the next caller),
   the output it streams, and the watch on its exit through the process sentinel.
@@ -13,77 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import itertools
 import logging
-import multiprocessing
-import multiprocessing.forkserver
 import os
 import secrets
 import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing import forkserver, popen_forkserver, process, reduction, spawn, util
-from multiprocessing.context import set_spawning_popen
 from typing import Any
 
 from interp import protocol
 from interp.config import Config
 from interp.errors import ProtocolError, SessionUnavailable
+from interp.launch import CTX, WorkerProcessHandle, start_forkserver
 from interp.worker import worker_main
 
 log = logging.getLogger("interp.spawner")
 
-_CTX = multiprocessing.get_context("forkserver")
+__all__ = ["WorkerExited", "WorkerPool", "WorkerProcess", "describe_exit", "start_forkserver"]
+
 _ids = itertools.count(1)
-
-
-class _Popen(popen_forkserver.Popen):
-    """Forkserver launch without re-running the server's ``__main__`` in the worker.
-
-    multiprocessing's "prepare" step imports the parent's main script in every child (for
-    the server that is main.py, for tests the pytest script): slow, and nothing a worker
-    needs. This is CPython 3.11's `_launch` minus the two ``init_main_*`` entries.
-    """
-
-    def _launch(self, process_obj: Any) -> None:
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        prep_data.pop("init_main_from_path", None)
-        prep_data.pop("init_main_from_name", None)
-        buf = io.BytesIO()
-        set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            set_spawning_popen(None)
-        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
-        _parent_w = os.dup(w)
-        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
-        with open(w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
-        self.pid = forkserver.read_signed(self.sentinel)
-
-
-class _WorkerProcess(process.BaseProcess):
-    _start_method = "forkserver"
-
-    @staticmethod
-    def _Popen(process_obj: Any) -> _Popen:
-        return _Popen(process_obj)
-
-
-def start_forkserver(preload_modules: tuple[str, ...] = ()) -> None:
-    """Start (or confirm) the forkserver; the environment flag arms `interp.preload`."""
-    _CTX.set_forkserver_preload(["interp.preload"])
-    os.environ["_INTERP_FORKSERVER"] = "1"
-    os.environ["_INTERP_PRELOAD"] = ",".join(preload_modules)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        os.environ.pop("_INTERP_FORKSERVER", None)
-        os.environ.pop("_INTERP_PRELOAD", None)
 
 
 class WorkerExited(Exception):
@@ -153,7 +103,7 @@ class WorkerProcess:
         self.exited = loop.create_future()
         self._ready = loop.create_future()
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
-        parent, child = _CTX.Pipe(duplex=True)
+        parent, child = CTX.Pipe(duplex=True)
         limits = self.config.limits
         opts = {
             "token": self.token,
@@ -163,7 +113,7 @@ class WorkerProcess:
             "max_images": limits.max_images,
             "max_image_bytes": limits.max_image_bytes,
         }
-        process = _WorkerProcess(
+        process = WorkerProcessHandle(
             target=worker_main, args=(child, opts), name=f"interp-{self.token}"
         )
         try:

@@ -1,0 +1,68 @@
+"""Launching worker processes through multiprocessing's forkserver.
+
+Both sides use this module: the server to start processes, and each forked child to unpickle
+its process object, which imports the module its class lives in. So it must stay tiny (the
+forkserver preloads it): when the class lived beside the asyncio code, every new worker spent
+~30 ms importing asyncio before running a line of its own.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import multiprocessing.forkserver
+import os
+from multiprocessing import forkserver, popen_forkserver, process, reduction, spawn, util
+from multiprocessing.context import set_spawning_popen
+from typing import Any
+
+CTX = multiprocessing.get_context("forkserver")
+
+
+class _Popen(popen_forkserver.Popen):
+    """Forkserver launch without re-running the server's ``__main__`` in the worker.
+
+    multiprocessing's "prepare" step imports the parent's main script in every child (for
+    the server that is main.py, for tests the pytest script): slow, and nothing a worker
+    needs. This is CPython 3.11's `_launch` minus the two ``init_main_*`` entries.
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        _parent_w = os.dup(w)
+        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class WorkerProcessHandle(process.BaseProcess):
+    """A `multiprocessing` process launched by the forkserver through `_Popen`."""
+
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> _Popen:
+        return _Popen(process_obj)
+
+
+def start_forkserver(preload_modules: tuple[str, ...] = ()) -> None:
+    """Start (or confirm) the forkserver; the environment flag arms `interp.preload`."""
+    CTX.set_forkserver_preload(["interp.preload"])
+    os.environ["_INTERP_FORKSERVER"] = "1"
+    os.environ["_INTERP_PRELOAD"] = ",".join(preload_modules)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.environ.pop("_INTERP_FORKSERVER", None)
+        os.environ.pop("_INTERP_PRELOAD", None)
