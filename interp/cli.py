@@ -67,8 +67,11 @@ def build_config(args: argparse.Namespace) -> Config:
     )
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwind like Ctrl-C so the lifespan stops every worker
+def _unwind(signum: int, frame: object) -> None:
+    # Raise in the main thread so the lifespan's teardown stops every worker. Installed for
+    # SIGINT too: asyncio's own SIGINT handling would instead wait for the stdio reader
+    # thread, which is blocked on stdin, and the server would not stop.
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from interp.server import create_server
 
     mcp = create_server(config)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _unwind)
+    signal.signal(signal.SIGINT, _unwind)
     try:
         if config.transport == "stdio":
             mcp.run(transport="stdio", show_banner=False)
