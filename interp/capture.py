@@ -150,8 +150,6 @@ class OutputCapture:
             errors="backslashreplace",
             line_buffering=True,
         )
-        sys.__stdout__ = sys.stdout
-        sys.__stderr__ = sys.stderr
         self._thread = threading.Thread(target=self._run, name="interp-capture", daemon=True)
         self._thread.start()
 

@@ -135,13 +135,14 @@ def free_port() -> int:
 
 
 def start_http_server(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, *server_args(tmp_path, "--port", str(port))],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "server.log", "wb"),  # noqa: SIM115
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    with open(tmp_path / "server.log", "wb") as log:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(
+            [sys.executable, *server_args(tmp_path, "--port", str(port))],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
     def listening() -> bool:
         if proc.poll() is not None:

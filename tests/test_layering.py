@@ -1,0 +1,65 @@
+"""Structure: what the worker side may import, and which way imports go."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "interp"
+
+#: Modules that run inside workers or the forkserver. They must never pull in the server.
+WORKER_SIDE = {"worker", "capture", "shell", "preload", "launch", "protocol", "config"}
+SERVER_SIDE = {
+    "server", "manager", "session", "spawner", "middleware", "models", "render", "cli",
+    "logs", "errors",
+}  # fmt: skip
+
+
+def interp_imports(module: str) -> set[str]:
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "interp":
+                found |= {alias.name for alias in node.names}
+            elif node.module.startswith("interp."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("interp.")}
+    return found
+
+
+def test_every_module_is_classified() -> None:
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert modules == WORKER_SIDE | SERVER_SIDE
+
+
+def test_worker_side_never_imports_server_side() -> None:
+    for module in WORKER_SIDE:
+        bad = interp_imports(module) & SERVER_SIDE
+        assert not bad, f"interp.{module} imports server-side {bad}"
+
+
+def test_imports_flow_server_to_manager_to_session_to_worker() -> None:
+    assert "server" not in interp_imports("manager") | interp_imports("session")
+    assert "manager" not in interp_imports("session") | interp_imports("spawner")
+    assert "session" not in interp_imports("spawner")
+
+
+def test_worker_import_pulls_in_no_fastmcp_or_rich() -> None:
+    code = (
+        "import sys, interp.worker, interp.preload, interp.launch, interp.shell\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('fastmcp', 'mcp', 'rich', 'pydantic', 'uvicorn', 'starlette', 'asyncio'))\n"
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_package_root_exports_only_the_version() -> None:
+    import interp
+
+    assert interp.__all__ == ["__version__"]
