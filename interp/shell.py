@@ -162,8 +162,12 @@ def build_shell() -> WorkerShell:
     shell.record = CellRecord(max_images=1, max_image_bytes=1)
     shell.run_cell("import os, sys\n_warm = [i for i in range(3)]\n_warm", store_history=True)
     shell.record = None
+    # Completion's first static inference parses stdlib sources and loads the builtins
+    # stubs: 600+ ms per session if left to the first user request, once here instead.
+    for code in ("os.pa", "import os; os.path.jo", "[1].ap", "'x'.up", "impo"):
+        with contextlib.suppress(Exception):
+            complete(shell, code, len(code))
     with contextlib.suppress(Exception):
-        complete(shell, "os.pa", 5)
         inspect(shell, "len", 3, 0)
     shell.reset(new_session=False)
     shell.user_ns["input"] = _no_input
