@@ -338,6 +338,8 @@ async def interp_inprocess(args: argparse.Namespace, tmp: Path, report: Report) 
             await s.execute("1+1", timeout=10)
             sessions.append(s)
         pids = [s.worker.pid for s in sessions if s.worker is not None and s.worker.pid]
+        await _until(lambda: bool(manager.pool._spares), 30, "spare refill")
+        spare_pid = manager.pool._spares[0].pid
         if not await asyncio.to_thread(wait_quiet, pids, 15.0):
             report.problem("interp workers never went quiet within 15 s")
         pss, uss = zip(*(pss_uss(p) for p in pids), strict=True)
@@ -345,6 +347,9 @@ async def interp_inprocess(args: argparse.Namespace, tmp: Path, report: Report) 
         report.sample("interp.worker_uss_mib", list(uss))
         report.extra["interp_pss_sum_over_n_mib"] = sum(pss) / len(pss)
         report.extra["interp_uss_mean_mib"] = statistics.fmean(uss)
+        if spare_pid is not None:  # a forked, ready worker that never ran a cell
+            sp_pss, sp_uss = pss_uss(spare_pid)
+            report.extra["unused_spare"] = {"pss_mib": sp_pss, "uss_mib": sp_uss}
         fs = psutil.Process(pids[0]).parent()
         if fs is not None:
             fs_pss, fs_uss = pss_uss(fs.pid)
@@ -374,7 +379,8 @@ class Kernels:
 
         km = KernelManager(kernel_name="python3")
         self.live.append((km, None))
-        km.start_kernel()
+        # The kernel's own stderr (a TCP-without-encryption warning per start) is noise here.
+        km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         kc = km.client()
         self.live[-1] = (km, kc)
         kc.start_channels()
@@ -550,6 +556,8 @@ async def mcp_bench(args: argparse.Namespace, tmp: Path, report: Report) -> None
 
     progress(f"interp over stdio MCP: {args.n_cold} cold starts to first result")
     cold_ms: list[float] = []
+    init_ms: list[float] = []
+    first_ms: list[float] = []
     exit_ms: list[float] = []
     for i in range(args.n_cold):
         before = set(descendants())
@@ -557,13 +565,19 @@ async def mcp_bench(args: argparse.Namespace, tmp: Path, report: Report) -> None
         t0 = time.perf_counter()
         async with asyncio.timeout(120):
             async with Client(_transport(tmp, log), timeout=60, init_timeout=60) as c:
+                t_init = time.perf_counter()
                 result = await c.call_tool("run_python_code", {"code": "1+1"})
-                cold_ms.append((time.perf_counter() - t0) * 1000)
+                t_first = time.perf_counter()
+                cold_ms.append((t_first - t0) * 1000)
+                init_ms.append((t_init - t0) * 1000)
+                first_ms.append((t_first - t_init) * 1000)
                 _check_exec(result)
                 t1 = time.perf_counter()
             exit_ms.append((time.perf_counter() - t1) * 1000)
         await _check_leaks(before, report, f"cold start {i}")
     report.sample("mcp.cold_start_ms", cold_ms)
+    report.extra["cold_spawn_initialize_ms"] = asdict(Stat.of(init_ms))
+    report.extra["cold_first_call_ms"] = asdict(Stat.of(first_ms))
     report.extra["mcp_client_exit_ms"] = asdict(Stat.of(exit_ms))
 
 
@@ -659,7 +673,9 @@ def build_rows(report: Report) -> list[Row]:
                 "sum/N <= 5 MiB",
                 mean <= 5.0,
                 note=f"p50/p99 over processes; sum/N = interp {mean:.2f} MiB (USS mean "
-                f"{report.extra['interp_uss_mean_mib']:.2f}), Jupyter {jmean:.2f} MiB",
+                f"{report.extra['interp_uss_mean_mib']:.2f}; a never-used spare: USS "
+                f"{report.extra.get('unused_spare', {}).get('uss_mib', math.nan):.2f}), "
+                f"Jupyter {jmean:.2f} MiB",
             )
         )
     fsp = st("interp.forkserver_pss_mib")
@@ -687,20 +703,34 @@ def build_rows(report: Report) -> list[Row]:
             )
         )
     cs = st("mcp.cold_start_ms")
+    split = ""
+    if "cold_first_call_ms" in report.extra:
+        split = (
+            f"; split: spawn + initialize p50 {report.extra['cold_spawn_initialize_ms']['p50']:.0f}"
+            f" ms, then first run_python_code p50 {report.extra['cold_first_call_ms']['p50']:.0f}"
+            " ms"
+        )
     rows.append(
         Row(
             "5. server cold start -> first result (stdio)",
             "ms",
             cs,
             jc,
-            note="Jupyter column: kernel start -> first execute_reply (row 1)",
+            note="Jupyter column: kernel start -> first execute_reply (row 1)" + split,
         )
     )
-    fi, pp = st("ctx.import_fastmcp_ms"), st("ctx.python_pass_ms")
-    if fi is not None:
-        rows.append(Row("5b. python -c 'import fastmcp'", "ms", fi, note="context"))
-    if pp is not None:
-        rows.append(Row("5c. python -c pass", "ms", pp, note="context: interpreter floor"))
+    contexts = [
+        ("5b. python -c 'import fastmcp'", "ctx.import_fastmcp_ms", "fastmcp's server is lazy"),
+        (
+            "5c. python -c 'from fastmcp import FastMCP'",
+            "ctx.import_fastmcp_server_ms",
+            "the import the server really pays",
+        ),
+        ("5d. python -c pass", "ctx.python_pass_ms", "interpreter floor"),
+    ]
+    for name, key, why in contexts:
+        if (stat := st(key)) is not None:
+            rows.append(Row(name, "ms", stat, note=f"context: {why}"))
     return rows
 
 
@@ -723,6 +753,28 @@ def parse_args() -> argparse.Namespace:
     args.n_sub = 2 if q else 5
     args.idle_window = 1.0 if q else 3.0
     return args
+
+
+def git_state() -> str:
+    """HEAD and whether interp/ has uncommitted changes: the code measured."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "interp", "main.py"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes in interp/' if dirty else ''}" or "unknown"
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -769,6 +821,8 @@ def main() -> int:
             jupyter_client=jupyter_client.__version__,
             ipython=IPython.__version__,
         )
+    report.extra["meta"]["git"] = git_state()
+    report.extra["meta"]["loadavg_start"] = os.getloadavg()
     failed = False
     with scratch() as tmp:
         before = set(descendants())
@@ -776,19 +830,22 @@ def main() -> int:
             asyncio.run(interp_inprocess(args, tmp, report))
             jupyter_bench(args, report)
             asyncio.run(mcp_bench(args, tmp, report))
-            progress("context: python -c 'import fastmcp' and python -c pass")
+            progress("context: python -c imports")
             report.sample(
                 "ctx.import_fastmcp_ms",
                 timed_subprocess([sys.executable, "-c", "import fastmcp"], args.n_sub),
             )
             report.sample(
+                "ctx.import_fastmcp_server_ms",
+                timed_subprocess([sys.executable, "-c", "from fastmcp import FastMCP"], args.n_sub),
+            )
+            report.sample(
                 "ctx.python_pass_ms", timed_subprocess([sys.executable, "-c", "pass"], args.n_sub)
             )
-        except BaseException as exc:
+        except (Exception, KeyboardInterrupt) as exc:
+            # Ctrl-C or SIGTERM included: clean up below, then print what was measured.
             failed = True
             report.problem(f"benchmark aborted: {type(exc).__name__}: {exc}")
-            if not isinstance(exc, Exception):
-                raise
         finally:
             # Whatever is left besides the in-process forkserver (it exits with us) is a leak.
             leftover = {
@@ -805,14 +862,17 @@ def main() -> int:
                 if bad:
                     report.problem(f"{log.name}: {len(bad)} error line(s), first: {bad[0][:200]}")
 
+    report.extra["meta"]["loadavg_end"] = os.getloadavg()
     rows = build_rows(report)
     print()
     meta = report.extra["meta"]
     print(
         f"interp vs jupyter_client {meta.get('jupyter_client')} + ipykernel "
         f"{meta.get('ipykernel')} | Python {meta['python']} | {meta['cpus']} CPUs | "
-        f"{'quick' if args.quick else 'full'} run"
+        f"{'quick' if args.quick else 'full'} run | git {meta['git']}"
     )
+    load = ", ".join(f"{x:.2f}" for x in (*meta["loadavg_start"][:1], *meta["loadavg_end"][:1]))
+    print(f"1-min load average at start, end: {load} (other work on the machine skews figures)")
     print(render_table(rows))
     extra = report.extra
     print()

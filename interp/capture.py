@@ -27,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 STREAMS = ("stdout", "stderr")
-_SEND_INTERVAL = 0.05
+#: Output is forwarded at most this often while a burst lasts; the first chunk after a quiet
+#: spell goes at once, so a print just before a crash has left the process.
+_SEND_INTERVAL = 0.02
 
 
 @dataclass
@@ -79,10 +81,10 @@ class CappedText:
 class _Stream:
     """One captured fd: its pipe, decoder and the buffer of the cell it feeds."""
 
-    def __init__(self, name: str, fd: int, limit: int) -> None:
+    def __init__(self, name: str, fd: int, pipe: tuple[int, int], limit: int) -> None:
         self.name = name
         self.limit = limit
-        read_fd, write_fd = os.pipe()
+        read_fd, write_fd = pipe
         os.dup2(write_fd, fd)  # fd (1 or 2) is now the pipe's write end, inheritable
         os.close(write_fd)
         self.read_fd = read_fd
@@ -124,13 +126,20 @@ class _Stream:
 class OutputCapture:
     """Owns fds 1 and 2 of the worker for its whole life."""
 
-    def __init__(self, limit: int, send: Callable[[str, str, str], None]) -> None:
+    def __init__(
+        self,
+        limit: int,
+        send: Callable[[str, str, str], None],
+        pipes: dict[str, tuple[int, int]],
+    ) -> None:
+        """pipes: (read_fd, write_fd) per stream. The server made them and keeps its own
+        copy of each read end: what a dead worker never read is still there for it."""
         sys.stdout.flush()
         sys.stderr.flush()
         self._send = send  # (exec_id, stream, text) -> None
         self._streams = {
-            "stdout": _Stream("stdout", 1, limit),
-            "stderr": _Stream("stderr", 2, limit),
+            "stdout": _Stream("stdout", 1, pipes["stdout"], limit),
+            "stderr": _Stream("stderr", 2, pipes["stderr"], limit),
         }
         self._lock = threading.Lock()
         self._exec_id: str | None = None
@@ -224,6 +233,7 @@ class OutputCapture:
                             stream.done.set()
                     now = time.monotonic()
                     if self._exec_id is not None and now - self._last_send >= _SEND_INTERVAL:
+                        # A quiet spell ended (or a burst's interval passed): forward now.
                         self._last_send = now
                         for name, stream in self._streams.items():
                             self._flush_head(name, stream)

@@ -219,6 +219,7 @@ class Session:
             self.busy_since = time.monotonic()
             self._interrupt_reason = None
             exec_id = f"x{next(_exec_ids)}"
+            fut: asyncio.Future[dict[str, Any]] | None = None
             try:
                 _, fut = await worker.send(protocol.OP_EXEC, id=exec_id, code=code)
                 self.executions += 1
@@ -234,7 +235,8 @@ class Session:
             except asyncio.CancelledError:
                 # MCP cancellation: stop the cell in the background; the next call on this
                 # session waits for that (see _ensure_worker).
-                self._cleanup = asyncio.create_task(self._cancelled(worker, exec_id))
+                if fut is not None and not fut.done():
+                    self._cleanup = asyncio.create_task(self._stop_quietly(worker, exec_id, fut))
                 raise
             finally:
                 self.busy_since = None
@@ -243,19 +245,19 @@ class Session:
             outcome.notices = notices + outcome.notices
             return outcome
 
-    async def _cancelled(self, worker: WorkerProcess, exec_id: str) -> None:
-        fut = worker._pending.get(exec_id)
-        if fut is None:
-            return
-        outcome = await self._stop_cell(worker, exec_id, fut, "cancelled")
-        log.info("session %s: cancelled cell stopped at rung %s", self.id, outcome.timeout_rung)
-
     # -- stopping and recovering ---------------------------------------------------------
+
+    async def _stop_quietly(
+        self, worker: WorkerProcess, exec_id: str, fut: asyncio.Future[dict[str, Any]]
+    ) -> None:
+        outcome = await self._stop_cell(worker, exec_id, fut, "cancelled")
+        log.info("session %s: cancelled cell stopped by %s", self.id, outcome.timeout_rung)
 
     async def _stop_cell(
         self, worker: WorkerProcess, exec_id: str, fut: asyncio.Future[dict[str, Any]], why: str
     ) -> ExecOutcome:
-        """Climb the ladder until the cell stops; see the module docstring."""
+        """Climb the ladder until the cell stops; see the module docstring. `why` is
+        "timeout" or "cancelled" (an MCP cancellation, whose outcome nobody reads)."""
         ladder = self.config.ladder
         self._interrupt_reason = why
         worker.signal_group(signal.SIGINT)
@@ -318,9 +320,12 @@ class Session:
         out = worker.outputs.pop(exec_id, None)
         worker.forget(exec_id)
         outcome = ExecOutcome(status=status, session_id=self.id)
-        if out is not None:
-            outcome.stdout = out.head("stdout")
-            outcome.stderr = out.head("stderr")
+        limit = self.config.limits.output_chars
+        for name in ("stdout", "stderr"):
+            head = out.head(name) if out is not None else ""
+            if not worker.alive:  # what the dead worker never read is still in the pipe
+                head += worker.drain(name, max(0, limit - len(head)))
+            setattr(outcome, name, head)
         if self.busy_since is not None:
             outcome.duration_ms = (time.monotonic() - self.busy_since) * 1000
         return outcome

@@ -21,6 +21,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from interp import protocol
@@ -93,6 +94,7 @@ class WorkerProcess:
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._rids = itertools.count(1)
+        self._drain_fds: dict[str, int] = {}
 
     @property
     def alive(self) -> bool:
@@ -105,7 +107,20 @@ class WorkerProcess:
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
         parent, child = CTX.Pipe(duplex=True)
         limits = self.config.limits
+        # The capture pipes are made here so the server keeps a copy of each read end: after
+        # a crash, output the worker never got to read is still in the pipe (`drain`).
+        # Wrapping the fds in Connections lets multiprocessing pass them to the child.
+        pipes: dict[str, tuple[Connection, Connection]] = {}
+        for name in ("stdout", "stderr"):
+            read_fd, write_fd = os.pipe()
+            self._drain_fds[name] = os.dup(read_fd)
+            os.set_blocking(self._drain_fds[name], False)
+            pipes[name] = (
+                Connection(read_fd, writable=False),
+                Connection(write_fd, readable=False),
+            )
         opts = {
+            "pipes": pipes,
             "token": self.token,
             "workspace": str(self.config.workspace),
             "fault_path": str(self.fault_path),
@@ -123,7 +138,12 @@ class WorkerProcess:
         except Exception as exc:
             parent.close()
             child.close()
+            self.close()
             raise SessionUnavailable(f"could not start a worker process: {exc}") from exc
+        finally:
+            for r, w in pipes.values():
+                r.close()
+                w.close()
         child.close()
         self._process = process
         self.pid = process.pid
@@ -138,6 +158,10 @@ class WorkerProcess:
         except (TimeoutError, WorkerExited) as exc:
             await self.kill()
             raise SessionUnavailable(f"a new worker did not become ready: {exc}") from exc
+        except BaseException:  # cancelled mid-start (the pool is closing): leave nothing behind
+            self.signal_group(signal.SIGKILL)
+            self.close()
+            raise
         return self
 
     def _on_sentinel(self) -> None:
@@ -244,7 +268,27 @@ class WorkerProcess:
         self.signal_group(signal.SIGKILL)
         self.close()
 
+    def drain(self, stream: str, limit: int) -> str:
+        """Output left unread in a dead worker's capture pipe (at most limit bytes)."""
+        fd = self._drain_fds.get(stream)
+        chunks: list[bytes] = []
+        size = 0
+        while fd is not None and size < limit:
+            try:
+                data = os.read(fd, min(65536, limit - size))
+            except (BlockingIOError, OSError):
+                break
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+        return b"".join(chunks).decode("utf-8", "replace")
+
     def close(self) -> None:
+        for fd in self._drain_fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._drain_fds.clear()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

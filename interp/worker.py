@@ -69,6 +69,13 @@ class _Channel:
         self.send({"op": protocol.OP_OUT, "id": exec_id, "stream": stream, "text": text})
 
 
+def _take_fd(conn: Connection) -> int:
+    """The fd a Connection wrapper carried across the fork, owned by us from now on."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    return fd
+
+
 def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     """Target of the worker `multiprocessing.Process`; never returns normally."""
     os.setsid()
@@ -79,7 +86,8 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     channel = _Channel(conn)
-    capture = OutputCapture(int(opts["output_chars"]), channel.send_output)
+    pipes = {name: (_take_fd(r), _take_fd(w)) for name, (r, w) in opts.pop("pipes").items()}
+    capture = OutputCapture(int(opts["output_chars"]), channel.send_output, pipes)
     fault_file = open(opts["fault_path"], "w")  # noqa: SIM115 - must stay open for life
     faulthandler.enable(file=fault_file, all_threads=True)
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
