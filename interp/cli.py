@@ -83,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
     spawner.start_forkserver(config.preload_modules)
 
-    from interp import logs
-
-    logs.configure(config.log_level, config.log_file)
     os.environ.setdefault("FASTMCP_SHOW_CLI_BANNER", "false")
-
+    from interp import logs
     from interp.server import create_server
+
+    # After the fastmcp import: it installs its own (rich) handler on import.
+    logs.configure(config.log_level, config.log_file)
 
     mcp = create_server(config)
     signal.signal(signal.SIGTERM, _unwind)
