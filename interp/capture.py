@@ -16,11 +16,13 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
+import fcntl
 import io
 import os
 import secrets
 import select
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -123,6 +125,16 @@ class _Stream:
         return True
 
 
+def _unread(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD); -1 if it cannot be asked."""
+    buf = bytearray(4)
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return -1
+    return int.from_bytes(buf, sys.byteorder)
+
+
 class OutputCapture:
     """Owns fds 1 and 2 of the worker for its whole life."""
 
@@ -177,6 +189,11 @@ class OutputCapture:
         for f in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # user code may have replaced or closed them
                 f.flush()
+        with self._lock:
+            # Fast path: the reader reads and files data under this lock, so with the lock
+            # held and both pipes empty, everything written so far is already in the buffers.
+            if all(_unread(s.read_fd) == 0 for s in self._streams.values()):
+                return self._finish()
         token = b"\x00\x1einterp-end-" + secrets.token_hex(8).encode() + b"\x1e\x00"
         with self._lock:
             for stream in self._streams.values():
@@ -190,22 +207,26 @@ class OutputCapture:
         for stream in self._streams.values():
             stream.done.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            out: dict[str, dict[str, object]] = {}
-            for name, stream in self._streams.items():
-                buf = stream.buffer
-                self._flush_head(name, stream)
-                out[name] = {
-                    "tail": buf.tail_text(),
-                    "dropped": buf.dropped,
-                    "head_len": buf.head_len,
-                }
-                stream.buffer = stream.new_buffer()
-                stream.token = None
-                leftover, stream.pending = stream.pending, b""
-                if leftover:  # written after the sentinel: belongs to the next cell
-                    stream.feed(leftover)
-            self._exec_id = None
-            return out
+            return self._finish()
+
+    def _finish(self) -> dict[str, dict[str, object]]:
+        """Close the cell's buffers (lock held) and return their tails and counts."""
+        out: dict[str, dict[str, object]] = {}
+        for name, stream in self._streams.items():
+            buf = stream.buffer
+            self._flush_head(name, stream)
+            out[name] = {
+                "tail": buf.tail_text(),
+                "dropped": buf.dropped,
+                "head_len": buf.head_len,
+            }
+            stream.buffer = stream.new_buffer()
+            stream.token = None
+            leftover, stream.pending = stream.pending, b""
+            if leftover:  # written after the sentinel: belongs to the next cell
+                stream.feed(leftover)
+        self._exec_id = None
+        return out
 
     def _flush_head(self, name: str, stream: _Stream) -> None:
         if self._exec_id is None or stream.buffer.sent >= stream.buffer.head_len:
@@ -221,7 +242,12 @@ class OutputCapture:
             poller.register(fd, select.POLLIN)
         while True:
             try:
-                events = poller.poll(_SEND_INTERVAL * 1000)
+                # Sleep until output arrives, unless a cell has output waiting to be forwarded:
+                # an idle worker must not wake up periodically.
+                waiting = self._exec_id is not None and any(
+                    s.buffer.sent < s.buffer.head_len for s in self._streams.values()
+                )
+                events = poller.poll(_SEND_INTERVAL * 1000 if waiting else None)
                 with self._lock:
                     for fd, _ in events:
                         stream = fds[fd]

@@ -5,6 +5,7 @@ Every argument is constrained here, before any session sees it. Session-scoped t
 optional ``session_id`` that defaults to the current session (see `switch_session`).
 """
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -147,8 +148,7 @@ def _exec_result(outcome: ExecOutcome) -> ToolResult:
         crash=outcome.crash,  # type: ignore[arg-type]
         notices=outcome.notices,
     )
-    model = ExecResult.model_validate(clean(model.model_dump()))
-    return _result(model, render.exec_text(model), images)
+    return _result(model, render.exec_text(model), images)  # _result sanitises both
 
 
 def create_server(config: Config) -> FastMCP:
@@ -159,8 +159,12 @@ def create_server(config: Config) -> FastMCP:
         spawner.start_forkserver(config.preload_modules)
         manager = SessionManager(config)
         state.started = time.monotonic()
+        # FastMCP imports its state store (key_value, ~200 ms) on first use, i.e. during the
+        # first tool call: import it now, in a thread, while the first worker starts.
+        warm = asyncio.create_task(asyncio.to_thread(lambda: server._state_store))
         try:
             await manager.start()
+            await warm
             state.manager = manager
             yield {"state": state}
         finally:

@@ -95,6 +95,15 @@ class CollectingDisplayHook(DisplayHook):
     def finish_displayhook(self) -> None:
         self._is_active = False
 
+    def cull_cache(self) -> None:
+        """Drop the oldest cached results (Out[n], _n) silently: IPython warns into the
+        user's stderr every time the cache fills, which an agent would read as an error."""
+        oh = self.shell.user_ns.get("_oh", {})
+        cull_count = max(int(len(oh) * self.cull_fraction), 2)
+        for n in sorted(oh)[:cull_count]:
+            self.shell.user_ns.pop(f"_{n}", None)
+            oh.pop(n, None)
+
 
 class CollectingPublisher(DisplayPublisher):
     """Collects display() bundles (matplotlib figures, images, text) into the cell record."""
@@ -162,12 +171,12 @@ def build_shell() -> WorkerShell:
     shell.record = CellRecord(max_images=1, max_image_bytes=1)
     shell.run_cell("import os, sys\n_warm = [i for i in range(3)]\n_warm", store_history=True)
     shell.record = None
-    # Completion's first static inference parses stdlib sources and loads the builtins
-    # stubs: 600+ ms per session if left to the first user request, once here instead.
-    for code in ("os.pa", "import os; os.path.jo", "[1].ap", "'x'.up", "impo"):
-        with contextlib.suppress(Exception):
-            complete(shell, code, len(code))
+    # Only the light completion path: warming jedi's static inference too (parsing stdlib
+    # sources, loading builtins stubs) cut the first completion from ~600 to ~200 ms but
+    # added ~700 ms to the forkserver's start (on the cold-start path) and ~3 MiB PSS per
+    # session. Measured in bench/bench_core.py; not worth it.
     with contextlib.suppress(Exception):
+        complete(shell, "os.pa", 5)
         inspect(shell, "len", 3, 0)
     shell.reset(new_session=False)
     shell.user_ns["input"] = _no_input

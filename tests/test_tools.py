@@ -230,3 +230,13 @@ async def test_exit_does_not_end_the_session(client: Client) -> None:
     r = await run(client, "exit()")
     assert r["status"] == "ok" and "exit() ignored" in r["stderr"]
     assert (await run(client, "alive"))["result"] == "True"
+
+
+async def test_output_cache_is_culled_silently(client: Client) -> None:
+    for _ in range(3):
+        r = await run(
+            client, "for i in range(60):\n    get_ipython().run_cell(str(i), store_history=True)\n1"
+        )
+        assert r["stderr"] == "", r["stderr"]
+    last = await run(client, "len(Out) <= 100, _")
+    assert last["result"] == "(True, 1)" and last["stderr"] == ""
