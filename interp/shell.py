@@ -98,10 +98,11 @@ class CollectingDisplayHook(DisplayHook):
     def cull_cache(self) -> None:
         """Drop the oldest cached results (Out[n], _n) silently: IPython warns into the
         user's stderr every time the cache fills, which an agent would read as an error."""
-        oh = self.shell.user_ns.get("_oh", {})
+        user_ns = self.shell.user_ns if self.shell is not None else {}
+        oh = user_ns.get("_oh", {})
         cull_count = max(int(len(oh) * self.cull_fraction), 2)
         for n in sorted(oh)[:cull_count]:
-            self.shell.user_ns.pop(f"_{n}", None)
+            user_ns.pop(f"_{n}", None)
             oh.pop(n, None)
 
 
