@@ -162,7 +162,7 @@ def build_shell() -> WorkerShell:
     cfg.InteractiveShell.colors = "nocolor"
     cfg.InteractiveShell.autocall = 0
     cfg.InteractiveShell.autoindent = False
-    cfg.InteractiveShell.xmode = "Context"
+    cfg.InteractiveShell.xmode = "Plain"
     cfg.InteractiveShell.cache_size = 100
     shell = WorkerShell.instance(config=cfg)
     builtins.input = _no_input
@@ -171,6 +171,10 @@ def build_shell() -> WorkerShell:
     # work is done once here and shared copy-on-write by every fork.
     shell.record = CellRecord(max_images=1, max_image_bytes=1)
     shell.run_cell("import os, sys\n_warm = [i for i in range(3)]\n_warm", store_history=True)
+    # The first traceback imports and caches IPython's traceback machinery (stack_data,
+    # pygments, source lines): +6 MiB private per worker if left to the worker.
+    shell.run_cell("def _warm_f():\n    return 1/0\n_warm_f()", store_history=True)
+    shell.run_cell("def (", store_history=True)  # the SyntaxError path too
     shell.record = None
     # Only the light completion path: warming jedi's static inference too (parsing stdlib
     # sources, loading builtins stubs) cut the first completion from ~600 to ~200 ms but
