@@ -15,6 +15,7 @@ the pool. User code is never sent twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
@@ -130,7 +131,9 @@ class Session:
         if self.state in (SessionState.STOPPING, SessionState.DEAD):
             raise SessionUnavailable(f"session {self.id!r} was deleted")
         if self._cleanup is not None:
-            await self._cleanup  # a cancelled cell is still being stopped
+            # A cancelled cell is still being stopped; its failure is logged, not ours.
+            with contextlib.suppress(Exception):
+                await self._cleanup
             self._cleanup = None
         worker = self.worker
         if worker is not None and worker.alive:
@@ -139,10 +142,15 @@ class Session:
             worker.close()
             self.restarts += 1
         self._set_state(SessionState.STARTING)
+        worker = await self._adopt()
+        self._set_state(SessionState.IDLE)
+        return worker
+
+    async def _adopt(self) -> WorkerProcess:
+        """Take a ready worker from the pool and make it this session's."""
         worker = await self.pool.take()
         worker.on_exit = self._on_worker_exit
         self.worker = worker
-        self._set_state(SessionState.IDLE)
         return worker
 
     async def stop(self) -> None:
@@ -164,9 +172,7 @@ class Session:
                 await old.kill()
                 self.restarts += 1
             self._set_state(SessionState.STARTING)
-            worker = await self.pool.take()
-            worker.on_exit = self._on_worker_exit
-            self.worker = worker
+            worker = await self._adopt()
             self._set_state(SessionState.IDLE)
             return worker
 
@@ -250,7 +256,11 @@ class Session:
     async def _stop_quietly(
         self, worker: WorkerProcess, exec_id: str, fut: asyncio.Future[dict[str, Any]]
     ) -> None:
-        outcome = await self._stop_cell(worker, exec_id, fut, "cancelled")
+        try:
+            outcome = await self._stop_cell(worker, exec_id, fut, "cancelled")
+        except Exception:
+            log.exception("session %s: stopping a cancelled cell failed", self.id)
+            return
         log.info("session %s: cancelled cell stopped by %s", self.id, outcome.timeout_rung)
 
     async def _stop_cell(
@@ -302,13 +312,11 @@ class Session:
         await worker.kill()
         outcome.state_lost = True
         try:
-            fresh = await self.pool.take()
+            await self._adopt()
         except InterpError as exc:
             self.worker = None
             outcome.notices.append(f"{why}; starting a new worker failed: {exc}")
             return
-        fresh.on_exit = self._on_worker_exit
-        self.worker = fresh
         self.restarts += 1
         outcome.restarted = True
         outcome.notices.append(f"{why}; the session restarted with fresh state")
