@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 
+import psutil
 import pytest
 from fastmcp import Client
 from mcp.shared.exceptions import MCPError
@@ -160,3 +161,25 @@ async def test_late_reply_of_abandoned_request_is_dropped(config: Config) -> Non
     finally:
         await worker.kill()
     assert not worker.alive
+
+
+async def test_delete_and_restart_stop_the_sessions_children(client: Client) -> None:
+    await client.call_tool("create_session", {"session_id": "parent"})
+    pids = []
+    for sid in ("parent", "default"):
+        r = await run(
+            client,
+            "import subprocess\np = subprocess.Popen(['sleep', '300'])\np.pid",
+            session_id=sid,
+        )
+        pids.append(int(r["result"]))
+    await client.call_tool("delete_session", {"session_id": "parent"})
+    await client.call_tool("restart_kernel", {})
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    await wait_until(lambda: all(gone(pid) for pid in pids), timeout=5)

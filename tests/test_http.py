@@ -44,6 +44,9 @@ async def test_http_sessions_and_clean_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=5)
         wait_until_sync(lambda: not alive(everything), timeout=2.5)
+        log = (tmp_path / "server.log").read_text()
+        assert "tool=create_session session=other] session other created" in log
+        assert "server stopped" in log
     finally:
         if proc.poll() is None:
             proc.kill()
