@@ -32,7 +32,7 @@ def make_config(tmp_path: Path, **changes: Any) -> Config:
         workspace=tmp_path / "workspace",
         snapshots=tmp_path / "snapshots",
         # Shorter rungs keep the ladder tests quick; the logic is the same.
-        ladder=Ladder(interrupt_grace=1.0, terminate_grace=0.5, kill_grace=2.0),
+        ladder=Ladder(interrupt_grace=1.0, terminate_grace=1.0, kill_grace=2.0),
     )
     return base.replace(**changes)
 
