@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     config.workspace.mkdir(parents=True, exist_ok=True)
     config.snapshots.mkdir(parents=True, exist_ok=True)
 
-    from interp import spawner
+    from interp.launch import start_forkserver  # tiny: the forkserver starts before asyncio loads
 
-    spawner.start_forkserver(config.preload_modules)
+    start_forkserver(config.preload_modules)
 
     os.environ.setdefault("FASTMCP_SHOW_CLI_BANNER", "false")
     from interp import logs
