@@ -43,6 +43,7 @@ from interp.models import (
     SwitchSessionResult,
     VariablesResult,
     clean,
+    lean_schema,
 )
 from interp.session import ExecOutcome
 
@@ -179,8 +180,9 @@ def create_server(config: Config) -> FastMCP:
         mask_error_details=True,  # unexpected exceptions must not leak server internals
     )
 
-    def tool(**kwargs: Any) -> Any:
-        return lambda fn: mcp.tool(**kwargs)(_refusals(fn))
+    def tool(result: type[BaseModel], **kwargs: Any) -> Any:
+        schema = lean_schema(result)
+        return lambda fn: mcp.tool(output_schema=schema, **kwargs)(_refusals(fn))
 
     limits = config.limits
     Code = Annotated[
@@ -202,7 +204,7 @@ def create_server(config: Config) -> FastMCP:
 
     # -- execution -------------------------------------------------------------------
 
-    @tool(output_schema=ExecResult.model_json_schema())
+    @tool(ExecResult)
     async def run_python_code(
         code: Code,
         timeout: Annotated[
@@ -228,7 +230,7 @@ def create_server(config: Config) -> FastMCP:
         session = state.sessions().get(session_id)
         return _exec_result(await session.execute(code, timeout))
 
-    @tool(output_schema=InterruptResult.model_json_schema())
+    @tool(InterruptResult)
     async def interrupt_kernel(session_id: SessionIdArg = None) -> ToolResult:
         """Interrupt the code running in a session (like Ctrl-C). Harmless if it is idle.
 
@@ -257,7 +259,7 @@ def create_server(config: Config) -> FastMCP:
             last_exit=s.last_exit,
         )
 
-    @tool(output_schema=CreateSessionResult.model_json_schema())
+    @tool(CreateSessionResult)
     async def create_session(
         session_id: NewSessionId,
         description: Annotated[
@@ -277,7 +279,7 @@ def create_server(config: Config) -> FastMCP:
         )
         return _result(model, f"created session {session.id} (pid {pid})")
 
-    @tool(output_schema=SwitchSessionResult.model_json_schema())
+    @tool(SwitchSessionResult)
     async def switch_session(session_id: NewSessionId) -> ToolResult:
         """Make session_id the current session: the default for every session-scoped tool."""
         manager = state.sessions()
@@ -285,7 +287,7 @@ def create_server(config: Config) -> FastMCP:
         model = SwitchSessionResult(previous_session=previous, current_session=session_id)
         return _result(model, f"current session: {session_id} (was {previous})")
 
-    @tool(output_schema=ListSessionsResult.model_json_schema(), annotations=READ_ONLY)
+    @tool(ListSessionsResult, annotations=READ_ONLY)
     async def list_sessions() -> ToolResult:
         """List sessions with their state, process id, executions and restarts."""
         manager = state.sessions()
@@ -302,7 +304,7 @@ def create_server(config: Config) -> FastMCP:
             model, f"{len(infos)} session(s), current {manager.current}\n" + "\n".join(lines)
         )
 
-    @tool(output_schema=DeleteSessionResult.model_json_schema())
+    @tool(DeleteSessionResult)
     async def delete_session(session_id: NewSessionId) -> ToolResult:
         """Delete a session: its process and every child process it started are stopped and
         its state is discarded. The default session cannot be deleted (restart it instead)."""
@@ -310,7 +312,7 @@ def create_server(config: Config) -> FastMCP:
         model = DeleteSessionResult(session_id=session_id, status="deleted")
         return _result(model, f"deleted session {session_id}")
 
-    @tool(output_schema=RestartResult.model_json_schema())
+    @tool(RestartResult)
     async def restart_kernel(
         preserve_state: Annotated[
             bool, Field(description="keep variables across the restart (needs snapshots)")
@@ -332,7 +334,7 @@ def create_server(config: Config) -> FastMCP:
 
     # -- introspection -----------------------------------------------------------------
 
-    @tool(output_schema=VariablesResult.model_json_schema(), annotations=READ_ONLY)
+    @tool(VariablesResult, annotations=READ_ONLY)
     async def list_variables(session_id: SessionIdArg = None) -> ToolResult:
         """List the session's user variables: name, type, short repr and size in bytes."""
         session = state.sessions().get(session_id)
@@ -343,7 +345,7 @@ def create_server(config: Config) -> FastMCP:
         lines = [f"{v.name}: {v.type} = {v.repr}" for v in model.variables]
         return _result(model, f"{model.count} variable(s)\n" + "\n".join(lines))
 
-    @tool(output_schema=CompletionResult.model_json_schema(), annotations=READ_ONLY)
+    @tool(CompletionResult, annotations=READ_ONLY)
     async def code_completion(
         code: Code, cursor_pos: CursorPos = None, session_id: SessionIdArg = None
     ) -> ToolResult:
@@ -354,7 +356,7 @@ def create_server(config: Config) -> FastMCP:
         model = CompletionResult.model_validate(reply, from_attributes=False, strict=False)
         return _result(model, ", ".join(model.matches[:50]) or "no completions")
 
-    @tool(output_schema=InspectResult.model_json_schema(), annotations=READ_ONLY)
+    @tool(InspectResult, annotations=READ_ONLY)
     async def inspect_object(
         code: Code,
         cursor_pos: CursorPos = None,
@@ -375,7 +377,7 @@ def create_server(config: Config) -> FastMCP:
 
     # -- health ------------------------------------------------------------------------
 
-    @tool(output_schema=ResponsivenessResult.model_json_schema(), annotations=READ_ONLY)
+    @tool(ResponsivenessResult, annotations=READ_ONLY)
     async def check_kernel_responsiveness(
         timeout: Annotated[
             float,
@@ -407,7 +409,7 @@ def create_server(config: Config) -> FastMCP:
         verdict = "responsive" if model.responsive else "not responsive"
         return _result(model, f"session {session.id} {verdict}: {model.detail}")
 
-    @tool(output_schema=PingResult.model_json_schema(), annotations=READ_ONLY)
+    @tool(PingResult, annotations=READ_ONLY)
     async def ping() -> ToolResult:
         """Cheap liveness check of the server itself (does not touch any session)."""
         manager = state.manager

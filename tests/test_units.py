@@ -41,3 +41,44 @@ def test_clean_fixes_surrogates_and_nul_recursively() -> None:
     assert clean(dirty) == {"a": ["ok", "\\ud800x"], "b\\x00": {"c": "nul\\x00"}}
     for text in clean(dirty)["a"]:
         text.encode("utf-8")
+
+
+def test_lean_schema_is_the_same_contract() -> None:
+    import json
+
+    from jsonschema.validators import validator_for
+
+    from interp.models import ExecResult, lean_schema
+
+    full = ExecResult.model_json_schema()
+    lean = lean_schema(ExecResult)
+    text = json.dumps(lean)
+    assert "$ref" not in text and "$defs" not in text and '"title"' not in text
+    assert len(text) < len(json.dumps(full))
+    ok = ExecResult(
+        status="error", session_id="s", execution_count=None, stdout="", stderr="",
+        result=None, results=[], error={"ename": "E", "evalue": "v", "traceback": "t"},
+        duration_ms=1.0, execution_time=0.001, images=[{"mime_type": "image/png", "bytes": 3}],
+        images_dropped=[], truncated={"stdout": 5}, timeout_rung=None, state_lost=False,
+        restarted=False, crash=None, notices=[],
+    ).model_dump(mode="json")  # fmt: skip
+    variants = [
+        ok,
+        {
+            **ok,
+            "error": None,
+            "crash": {"exitcode": None, "signal": "SIGSEGV", "description": "d", "fault_trace": ""},
+        },
+        {**ok, "status": "bogus"},
+        {**ok, "execution_count": "one"},
+        {**ok, "error": {"ename": "E"}},
+        {**ok, "crash": {}},
+        {**ok, "truncated": {"stdout": "many"}},
+        {**ok, "images": [{"mime_type": 1, "bytes": 3}]},
+        {k: v for k, v in ok.items() if k != "stdout"},
+    ]
+    check_full = validator_for(full)(full)
+    check_lean = validator_for(lean)(lean)
+    verdicts = [(check_full.is_valid(v), check_lean.is_valid(v)) for v in variants]
+    assert all(a == b for a, b in verdicts), verdicts
+    assert [a for a, _ in verdicts] == [True, True] + [False] * 7
