@@ -45,7 +45,7 @@ class CappedText:
     tail: collections.deque[str] = field(default_factory=collections.deque)
     tail_len: int = 0
     dropped: int = 0
-    sent: int = 0  # how many head characters were already forwarded
+    sent_parts: int = 0  # how many head parts were already forwarded
 
     def add(self, text: str) -> None:
         room = self.head_limit - self.head_len
@@ -71,9 +71,12 @@ class CappedText:
                 self.tail_len -= excess
                 self.dropped += excess
 
+    def has_unsent(self) -> bool:
+        return self.sent_parts < len(self.head)
+
     def unsent_head(self) -> str:
-        text = "".join(self.head)[self.sent :]
-        self.sent = self.head_len
+        text = "".join(self.head[self.sent_parts :])
+        self.sent_parts = len(self.head)
         return text
 
     def tail_text(self) -> str:
@@ -83,8 +86,7 @@ class CappedText:
 class _Stream:
     """One captured fd: its pipe, decoder and the buffer of the cell it feeds."""
 
-    def __init__(self, name: str, fd: int, pipe: tuple[int, int], limit: int) -> None:
-        self.name = name
+    def __init__(self, fd: int, pipe: tuple[int, int], limit: int) -> None:
         self.limit = limit
         read_fd, write_fd = pipe
         os.dup2(write_fd, fd)  # fd (1 or 2) is now the pipe's write end, inheritable
@@ -101,9 +103,7 @@ class _Stream:
         return CappedText(head_limit=half, tail_limit=self.limit - half)
 
     def feed(self, data: bytes) -> None:
-        text = self.decoder.decode(data)
-        if "\x00" in text:
-            text = text.replace("\x00", "\\x00")
+        text = self.decoder.decode(data)  # NULs are escaped by the server's clean()
         if text:
             self.buffer.add(text)
 
@@ -150,8 +150,8 @@ class OutputCapture:
         sys.stderr.flush()
         self._send = send  # (exec_id, stream, text) -> None
         self._streams = {
-            "stdout": _Stream("stdout", 1, pipes["stdout"], limit),
-            "stderr": _Stream("stderr", 2, pipes["stderr"], limit),
+            "stdout": _Stream(1, pipes["stdout"], limit),
+            "stderr": _Stream(2, pipes["stderr"], limit),
         }
         self._lock = threading.Lock()
         self._exec_id: str | None = None
@@ -215,11 +215,7 @@ class OutputCapture:
         for name, stream in self._streams.items():
             buf = stream.buffer
             self._flush_head(name, stream)
-            out[name] = {
-                "tail": buf.tail_text(),
-                "dropped": buf.dropped,
-                "head_len": buf.head_len,
-            }
+            out[name] = {"tail": buf.tail_text(), "dropped": buf.dropped}
             stream.buffer = stream.new_buffer()
             stream.token = None
             leftover, stream.pending = stream.pending, b""
@@ -229,7 +225,7 @@ class OutputCapture:
         return out
 
     def _flush_head(self, name: str, stream: _Stream) -> None:
-        if self._exec_id is None or stream.buffer.sent >= stream.buffer.head_len:
+        if self._exec_id is None or not stream.buffer.has_unsent():
             return
         text = stream.buffer.unsent_head()
         if text:
@@ -245,7 +241,7 @@ class OutputCapture:
                 # Sleep until output arrives, unless a cell has output waiting to be forwarded:
                 # an idle worker must not wake up periodically.
                 waiting = self._exec_id is not None and any(
-                    s.buffer.sent < s.buffer.head_len for s in self._streams.values()
+                    s.buffer.has_unsent() for s in self._streams.values()
                 )
                 events = poller.poll(_SEND_INTERVAL * 1000 if waiting else None)
                 with self._lock:

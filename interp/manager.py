@@ -25,13 +25,11 @@ class SessionManager:
         self.pool = WorkerPool(config)
         self.sessions: dict[str, Session] = {}
         self.current = DEFAULT_SESSION
-        self.started_at = 0.0
         self._create_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self.config.workspace.mkdir(parents=True, exist_ok=True)
         self.config.snapshots.mkdir(parents=True, exist_ok=True)
-        self.started_at = asyncio.get_running_loop().time()
         await self.create(DEFAULT_SESSION, "the session every call uses unless told otherwise")
         await self.pool.start()
 

@@ -22,7 +22,6 @@ import ctypes
 import faulthandler
 import os
 import signal
-import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -103,11 +102,7 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
         shell.execution_count = 1
     channel.send({"op": protocol.OP_READY, "id": opts["token"], "pid": os.getpid()})
     _serve(conn, channel, capture, shell, opts)
-    capture_done = getattr(sys.stdout, "flush", None)
-    if capture_done is not None:
-        with contextlib.suppress(Exception):
-            capture_done()
-    os._exit(0)
+    os._exit(0)  # the channel is closed: nothing left to report to, no atexit hooks to run
 
 
 def _serve(
