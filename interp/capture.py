@@ -174,6 +174,12 @@ class OutputCapture:
         self._thread = threading.Thread(target=self._run, name="interp-capture", daemon=True)
         self._thread.start()
 
+    def detach(self) -> None:
+        """In a forked child: let go of the source's pipes (its reader thread is not here)."""
+        for stream in self._streams.values():
+            with contextlib.suppress(OSError):
+                os.close(stream.read_fd)
+
     def begin(self, exec_id: str) -> None:
         """Start attributing output to exec_id (output since the last cell is kept)."""
         with self._lock:

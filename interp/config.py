@@ -13,7 +13,7 @@ from typing import Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Session ids are file-name-safe so they can name snapshot folders later (issue 3).
+#: Session ids and checkpoint names are file-name-safe: they name snapshot folders and files.
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -37,6 +37,14 @@ class Limits:
     max_sessions: int = 32
     #: Largest frame a worker may send (results with images); larger kills the worker.
     max_frame_bytes: int = 64 * 1024 * 1024
+    #: Automatic snapshots kept per session (named checkpoints are kept until deleted).
+    snapshot_keep: int = 3
+    #: Most bytes one snapshot writes; variables beyond it are skipped and reported.
+    snapshot_max_bytes: int = 2 * 1024**3
+    #: Longest wait for a snapshot to be written or restored on request.
+    restore_timeout: float = 300.0
+    #: At shutdown, how long idle sessions get to finish writing their last snapshot.
+    shutdown_flush: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,8 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        """Runtime files of this server (fault logs of workers); safe to delete when stopped."""
+        """Runtime files of this server (fault logs of workers); safe to delete when stopped.
+        Its name starts with a dot, so it can never be a session's snapshot folder."""
         return self.snapshots / ".run"
 
     def replace(self, **changes: object) -> Config:

@@ -1,22 +1,29 @@
-"""Many sessions: ids, the current session, creation and deletion, and shutdown.
+"""Many sessions: ids, the current session, creation, forking and deletion, and shutdown.
 
 The manager owns the worker pool and every `Session`. "Current" is server-wide: stdio has
 one client; HTTP clients sharing a server should pass ``session_id`` explicitly.
+
+At start it lists the sessions found in the snapshots folder as dormant (their state comes back
+on first use), so a server restart loses nothing that was snapshotted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 
-from interp.config import Config
+from interp import snapfiles
+from interp.config import SESSION_ID_PATTERN, Config
 from interp.errors import InvalidRequest, SessionExists, SessionLimit, SessionNotFound
-from interp.session import Session
+from interp.session import Session, SessionState
 from interp.spawner import WorkerPool
 
 log = logging.getLogger("interp.manager")
 
 DEFAULT_SESSION = "default"
+DEFAULT_DESCRIPTION = "the session every call uses unless told otherwise"
 
 
 class SessionManager:
@@ -30,8 +37,31 @@ class SessionManager:
     async def start(self) -> None:
         self.config.workspace.mkdir(parents=True, exist_ok=True)
         self.config.snapshots.mkdir(parents=True, exist_ok=True)
-        await self.create(DEFAULT_SESSION, "the session every call uses unless told otherwise")
+        self._find_dormant()
+        if DEFAULT_SESSION not in self.sessions:
+            await self.create(DEFAULT_SESSION, DEFAULT_DESCRIPTION)
         await self.pool.start()
+
+    def _find_dormant(self) -> None:
+        """Register every session folder with a snapshot (or its metadata) as dormant."""
+        pattern = re.compile(SESSION_ID_PATTERN)
+        for folder in sorted(self.config.snapshots.iterdir()):
+            if not folder.is_dir() or not pattern.match(folder.name):
+                continue
+            meta = snapfiles.read_session_meta(folder) or {}
+            has_state = snapfiles.auto_manifests(folder) or snapfiles.checkpoint_manifests(folder)
+            if not meta and not has_state:
+                continue
+            created = meta.get("created_at")
+            self.sessions[folder.name] = Session(
+                folder.name,
+                str(meta.get("description") or ""),
+                self.config,
+                self.pool,
+                dormant=True,
+                created_at=float(created) if isinstance(created, int | float) else None,
+            )
+            log.info("session %s found on disk (dormant)", folder.name)
 
     def get(self, session_id: str | None = None) -> Session:
         sid = session_id or self.current
@@ -40,21 +70,48 @@ class SessionManager:
             raise SessionNotFound(sid, list(self.sessions))
         return session
 
+    def _register(self, session_id: str, description: str) -> Session:
+        """Reserve the id for a new session (caller holds the create lock)."""
+        if session_id in self.sessions:
+            raise SessionExists(session_id)
+        live = sum(s.state is not SessionState.DORMANT for s in self.sessions.values())
+        if live >= self.config.limits.max_sessions:
+            raise SessionLimit(self.config.limits.max_sessions)
+        session = Session(session_id, description, self.config, self.pool)
+        # A stale folder of that name (deleted while the server was down) must not leak in.
+        session.discard_files()
+        snapfiles.write_session_meta(session.folder, session_id, description, session.created_at)
+        self.sessions[session_id] = session
+        return session
+
     async def create(self, session_id: str, description: str = "") -> Session:
         async with self._create_lock:
-            if session_id in self.sessions:
-                raise SessionExists(session_id)
-            if len(self.sessions) >= self.config.limits.max_sessions:
-                raise SessionLimit(self.config.limits.max_sessions)
-            session = Session(session_id, description, self.config, self.pool)
-            self.sessions[session_id] = session
+            session = self._register(session_id, description)
         try:
             await session.start()
         except BaseException:
             self.sessions.pop(session_id, None)
+            session.discard_files()
             raise
         log.info("session %s created (pid %s)", session_id, session.worker and session.worker.pid)
         return session
+
+    async def fork(self, new_id: str, source_id: str | None) -> tuple[Session, Session, float]:
+        """A new session that starts as a copy-on-write fork of a live one."""
+        source = self.get(source_id)
+        started = time.perf_counter()
+        async with self._create_lock:
+            description = f"fork of {source.id}"
+            target = self._register(new_id, description)
+        try:
+            await source.fork(target)
+        except BaseException:
+            self.sessions.pop(new_id, None)
+            target.discard_files()
+            raise
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info("session %s forked from %s in %.1f ms", new_id, source.id, elapsed)
+        return source, target, elapsed
 
     def switch(self, session_id: str) -> str:
         self.get(session_id)
@@ -71,11 +128,15 @@ class SessionManager:
         if self.current == session_id:
             self.current = DEFAULT_SESSION
         await session.stop()
+        await asyncio.to_thread(session.discard_files)
         log.info("session %s deleted", session_id)
 
     async def aclose(self) -> None:
-        """Stop every worker and its process group, in parallel, within about a second."""
+        """Stop every worker and its process group, in parallel. Idle sessions first finish
+        their snapshot (bounded by limits.shutdown_flush). Snapshots stay on disk: the next
+        server start lists the sessions as dormant."""
         sessions, self.sessions = list(self.sessions.values()), {}
+        flush = self.config.limits.shutdown_flush
         await asyncio.gather(
-            self.pool.aclose(), *(s.stop() for s in sessions), return_exceptions=True
+            self.pool.aclose(), *(s.stop(flush) for s in sessions), return_exceptions=True
         )

@@ -81,6 +81,28 @@ class CrashInfo(BaseModel):
     fault_trace: str = Field(description="faulthandler's traceback of a hard crash, if any")
 
 
+class VarIssue(BaseModel):
+    name: str
+    reason: str
+    type: str = Field(default="", description="the value's type, where known")
+
+
+class RecoveryInfo(BaseModel):
+    """What a restore brought back: after a crash or kill, a revival, a restart with
+    preserve_state, or a checkpoint restore."""
+
+    reason: str = Field(description="why the session was restored")
+    source: str = Field(description="which snapshot was used, and how old it was")
+    restored: list[str] = Field(description="names restored")
+    skipped: list[VarIssue] = Field(
+        description="names the snapshot could not hold (open files, locks, ...), with why"
+    )
+    failed: list[VarIssue] = Field(description="names that could not be loaded, with why")
+    lost: list[str] = Field(description="names (re)bound by cells after the snapshot: lost")
+    rejected: list[str] = Field(description="newer snapshots skipped as corrupt or partial")
+    duration_ms: float | None = Field(description="time the worker took to restore")
+
+
 class ExecResult(BaseModel):
     status: ExecStatus = Field(description="ok | error | timeout | interrupted | crashed")
     session_id: str
@@ -101,19 +123,32 @@ class ExecResult(BaseModel):
     state_lost: bool = Field(description="true if the session's variables were lost")
     restarted: bool = Field(description="true if the worker was replaced during this call")
     crash: CrashInfo | None
+    recovery: RecoveryInfo | None = Field(
+        description="set when the session was restored from a snapshot during this call"
+    )
     notices: list[str] = Field(description="things the agent should know about this session")
+
+
+class SnapshotInfo(BaseModel):
+    seq: int | None
+    age_s: float | None = Field(description="seconds since it was written")
+    execution_count: int | None = Field(description="the last cell it includes")
+    variables: int
+    bytes: int
+    not_saved: list[str] = Field(description="names it could not hold")
 
 
 class SessionInfo(BaseModel):
     session_id: str
     description: str
-    state: str
+    state: str = Field(description="dormant (on disk, revived on first use), idle, busy, ...")
     pid: int | None
     current: bool
     created_at: float
     executions: int
     restarts: int
     last_exit: str | None
+    snapshot: SnapshotInfo | None = Field(description="the newest automatic snapshot")
 
 
 class CreateSessionResult(BaseModel):
@@ -144,6 +179,55 @@ class RestartResult(BaseModel):
     session_id: str
     preserve_state: bool
     pid: int | None
+    recovery: RecoveryInfo | None = Field(description="what came back (preserve_state=true)")
+
+
+class CheckpointInfo(BaseModel):
+    name: str
+    created: float | None = Field(description="Unix time it was saved")
+    size_bytes: int = Field(description="serialised size of its variables")
+    variables: int
+    execution_count: int | None
+    not_saved: list[str] = Field(description="names it could not hold")
+
+
+class SaveCheckpointResult(BaseModel):
+    session_id: str
+    name: str
+    created: float | None
+    variables: int
+    size_bytes: int
+    written_bytes: int = Field(description="bytes written now (unchanged data is shared)")
+    skipped: list[VarIssue]
+    failed: list[VarIssue]
+    duration_ms: float
+
+
+class RestoreCheckpointResult(BaseModel):
+    session_id: str
+    name: str
+    pid: int | None
+    recovery: RecoveryInfo
+
+
+class ListCheckpointsResult(BaseModel):
+    session_id: str
+    checkpoints: list[CheckpointInfo]
+    count: int
+
+
+class DeleteCheckpointResult(BaseModel):
+    session_id: str
+    name: str
+    deleted: bool
+
+
+class ForkSessionResult(BaseModel):
+    session_id: str
+    source_session_id: str
+    status: Literal["forked"]
+    pid: int | None
+    duration_ms: float
 
 
 class InterruptResult(BaseModel):

@@ -24,7 +24,7 @@ if os.environ.get("_INTERP_FORKSERVER") == "1":
     import sys
     import traceback
 
-    from interp import launch, worker  # noqa: F401  (launch: unpickled by every child)
+    from interp import launch, snapshot, worker  # noqa: F401  (launch: unpickled by every child)
 
     try:
         from interp.shell import build_shell

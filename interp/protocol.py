@@ -27,10 +27,14 @@ OP_COMPLETE = "complete"
 OP_INSPECT = "inspect"
 OP_VARIABLES = "variables"
 OP_PING = "ping"
+OP_ATTACH = "attach"  # bind to a session's snapshot folder, restoring one if asked
+OP_SNAPSHOT = "snapshot"  # take a snapshot now and wait for it (checkpoints, restarts)
+OP_FORK = "fork"  # fork the worker into a new session; fds follow the frame
 
 # Worker-initiated frames.
 OP_READY = "ready"  # sent once after start-up; id is the worker token
 OP_OUT = "out"  # a chunk of an execution's captured output
+OP_SNAP = "snap"  # the snapshot writer started ("start") or finished ("done")
 
 
 def encode(message: dict[str, Any]) -> bytes:

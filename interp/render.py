@@ -6,6 +6,8 @@ a glance: status line first, then only the sections that have something in them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from interp.models import ExecResult
 
 
@@ -39,4 +41,21 @@ def exec_text(r: ExecResult) -> str:
         parts.append(f"--- crash: {r.crash.description} ---")
         if r.crash.fault_trace:
             parts.append(r.crash.fault_trace)
+    if r.recovery is not None:
+        parts.append("--- recovery ---\n" + recovery_text(r.recovery.model_dump()))
     return "\n".join(parts)
+
+
+def recovery_text(info: dict[str, Any]) -> str:
+    """What a restore brought back and what it did not, one line each."""
+    lines = [f"{info['reason']}; restored from {info['source']}"]
+    restored = info.get("restored") or []
+    lines.append(f"restored ({len(restored)}): {', '.join(restored) or 'nothing'}")
+    for key in ("skipped", "failed"):
+        for item in info.get(key) or []:
+            lines.append(f"{key}: {item['name']}: {item['reason']}")
+    if info.get("lost"):
+        lines.append("lost (changed after that snapshot): " + ", ".join(info["lost"]))
+    for why in info.get("rejected") or []:
+        lines.append(f"skipped a newer snapshot: {why}")
+    return "\n".join(lines)

@@ -27,33 +27,47 @@ from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnava
 from interp.manager import SessionManager
 from interp.middleware import CallStats, ErrorBoundary
 from interp.models import (
+    CheckpointInfo,
     CompletionResult,
     CreateSessionResult,
+    DeleteCheckpointResult,
     DeleteSessionResult,
     ErrorInfo,
     ExecResult,
+    ForkSessionResult,
     ImageInfo,
     InspectResult,
     InterruptResult,
+    ListCheckpointsResult,
     ListSessionsResult,
     PingResult,
+    RecoveryInfo,
     ResponsivenessResult,
     RestartResult,
+    RestoreCheckpointResult,
+    SaveCheckpointResult,
     SessionInfo,
+    SnapshotInfo,
     SwitchSessionResult,
     VariablesResult,
+    VarIssue,
     clean,
     lean_schema,
 )
-from interp.session import ExecOutcome
+from interp.session import ExecOutcome, Session
 
 INSTRUCTIONS = """\
 interp runs Python for you in persistent IPython sessions. Variables, imports and functions
 persist between run_python_code calls in the same session. Each session is its own process:
 create_session makes a new isolated one; switch_session changes the default for later calls.
+Each session's namespace is snapshotted to disk after every cell, so it survives a crash, a
+timeout kill, restart_kernel(preserve_state=true) and a server restart; the result's recovery
+field says what came back and what was lost. Open files, locks, threads, sockets, processes and
+generators are never restored. save_checkpoint/restore_checkpoint keep named states;
+fork_session copies a live session to try something risky on a branch.
 A cell that overruns its timeout is interrupted (state kept) or, if it will not stop, its
-session restarts with fresh state; the result says which. Output is capped: the middle of very
-long output is cut with a marker. Images a cell displays come back as image content.
+session restarts from its last snapshot; the result says which. Output is capped: the middle of
+very long output is cut with a marker. Images a cell displays come back as image content.
 The working directory is the workspace folder."""
 
 SessionIdArg = Annotated[
@@ -62,6 +76,10 @@ SessionIdArg = Annotated[
         description="session to use; omit for the current session",
         pattern=SESSION_ID_PATTERN,
     ),
+]
+CheckpointName = Annotated[
+    str,
+    Field(description="checkpoint name: 1-64 of A-Z a-z 0-9 _ -", pattern=SESSION_ID_PATTERN),
 ]
 NewSessionId = Annotated[
     str,
@@ -147,9 +165,47 @@ def _exec_result(outcome: ExecOutcome) -> ToolResult:
         state_lost=outcome.state_lost,
         restarted=outcome.restarted,
         crash=outcome.crash,  # type: ignore[arg-type]
+        recovery=_recovery(outcome.recovery),
         notices=outcome.notices,
     )
     return _result(model, render.exec_text(model), images)  # _result sanitises both
+
+
+def _issues(items: list[dict[str, Any]]) -> list[VarIssue]:
+    return [
+        VarIssue(name=str(i.get("name")), reason=str(i.get("reason")), type=str(i.get("type", "")))
+        for i in items
+    ]
+
+
+def _recovery(info: dict[str, Any] | None) -> RecoveryInfo | None:
+    if info is None:
+        return None
+    return RecoveryInfo(
+        reason=info["reason"],
+        source=info["source"],
+        restored=info["restored"],
+        skipped=_issues(info["skipped"]),
+        failed=_issues(info["failed"]),
+        lost=info["lost"],
+        rejected=info["rejected"],
+        duration_ms=info.get("duration_ms"),
+    )
+
+
+def _snapshot_info(session: Session) -> SnapshotInfo | None:
+    snap = session.snapshot
+    if snap is None:
+        return None
+    created = snap.get("created")
+    return SnapshotInfo(
+        seq=snap.get("seq"),
+        age_s=round(time.time() - created, 3) if isinstance(created, int | float) else None,
+        execution_count=snap.get("execution_count"),
+        variables=int(snap.get("variables") or 0),
+        bytes=int(snap.get("bytes") or 0),
+        not_saved=[e["name"] for e in [*snap.get("skipped", []), *snap.get("failed", [])]],
+    )
 
 
 def create_server(config: Config) -> FastMCP:
@@ -257,6 +313,7 @@ def create_server(config: Config) -> FastMCP:
             executions=s.executions,
             restarts=s.restarts,
             last_exit=s.last_exit,
+            snapshot=_snapshot_info(s),
         )
 
     @tool(CreateSessionResult)
@@ -315,22 +372,132 @@ def create_server(config: Config) -> FastMCP:
     @tool(RestartResult)
     async def restart_kernel(
         preserve_state: Annotated[
-            bool, Field(description="keep variables across the restart (needs snapshots)")
+            bool,
+            Field(description="keep variables: snapshot now, restore in the new process"),
         ] = False,
         session_id: SessionIdArg = None,
     ) -> ToolResult:
-        """Restart a session's process with an empty namespace (stops its child processes)."""
-        if preserve_state:
-            raise InvalidRequest(
-                "preserve_state=true is not available yet in this version (it needs state "
-                "snapshots); nothing was restarted. Call with preserve_state=false to start fresh."
-            )
+        """Restart a session's process (stops its child processes). With preserve_state=true
+        the namespace is snapshotted first and restored in the new process (open files,
+        locks, threads and the like are not); otherwise it starts empty. Checkpoints stay."""
         session = state.sessions().get(session_id)
-        worker = await session.restart()
+        info = await session.restart(preserve_state)
+        pid = session.worker.pid if session.worker else None
         model = RestartResult(
-            restarted=True, session_id=session.id, preserve_state=False, pid=worker.pid
+            restarted=True,
+            session_id=session.id,
+            preserve_state=preserve_state,
+            pid=pid,
+            recovery=_recovery(info),
         )
-        return _result(model, f"session {session.id} restarted with fresh state (pid {worker.pid})")
+        if info is None:
+            text = f"session {session.id} restarted with fresh state (pid {pid})"
+        else:
+            text = f"session {session.id} restarted (pid {pid})\n" + render.recovery_text(info)
+        return _result(model, text)
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    @tool(SaveCheckpointResult)
+    async def save_checkpoint(name: CheckpointName, session_id: SessionIdArg = None) -> ToolResult:
+        """Save the session's variables as a named checkpoint (replacing one of that name).
+
+        Kept on disk until deleted, across restarts of the server. Open files, locks,
+        threads, sockets, processes and generators are not saved: see skipped.
+        """
+        session = state.sessions().get(session_id)
+        summary = await session.checkpoint(name)
+        model = SaveCheckpointResult(
+            session_id=session.id,
+            name=name,
+            created=summary.get("created"),
+            variables=int(summary.get("variables") or 0),
+            size_bytes=int(summary.get("bytes") or 0),
+            written_bytes=int(summary.get("written") or 0),
+            skipped=_issues(summary.get("skipped", [])),
+            failed=_issues(summary.get("failed", [])),
+            duration_ms=float(summary.get("elapsed_ms") or summary.get("ms") or 0.0),
+        )
+        text = f"checkpoint {name!r} of session {session.id}: {model.variables} variable(s)"
+        if model.skipped or model.failed:
+            text += "; not saved: " + ", ".join(
+                f"{i.name} ({i.reason})" for i in [*model.skipped, *model.failed]
+            )
+        return _result(model, text)
+
+    @tool(RestoreCheckpointResult)
+    async def restore_checkpoint(
+        name: CheckpointName, session_id: SessionIdArg = None
+    ) -> ToolResult:
+        """Replace the session's namespace with a checkpoint's, in a fresh process.
+
+        Variables defined since the checkpoint are gone afterwards; the checkpoint stays.
+        """
+        session = state.sessions().get(session_id)
+        info = await session.restore_checkpoint(name)
+        recovery = _recovery(info)
+        assert recovery is not None
+        pid = session.worker.pid if session.worker else None
+        model = RestoreCheckpointResult(
+            session_id=session.id, name=name, pid=pid, recovery=recovery
+        )
+        return _result(model, render.recovery_text(info))
+
+    @tool(ListCheckpointsResult, annotations=READ_ONLY)
+    async def list_checkpoints(session_id: SessionIdArg = None) -> ToolResult:
+        """List a session's named checkpoints: name, time, size and variable count."""
+        session = state.sessions().get(session_id)
+        found = await asyncio.to_thread(session.checkpoints)
+        infos = [
+            CheckpointInfo(
+                name=c["name"],
+                created=c.get("created"),
+                size_bytes=int(c.get("bytes") or 0),
+                variables=int(c.get("variables") or 0),
+                execution_count=c.get("execution_count"),
+                not_saved=[e["name"] for e in c.get("skipped", [])],
+            )
+            for c in found
+        ]
+        model = ListCheckpointsResult(session_id=session.id, checkpoints=infos, count=len(infos))
+        lines = [
+            f"{c.name}: {c.variables} variable(s), {c.size_bytes:,} bytes, "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c.created or 0))}"
+            for c in infos
+        ]
+        return _result(model, f"{len(infos)} checkpoint(s)\n" + "\n".join(lines))
+
+    @tool(DeleteCheckpointResult)
+    async def delete_checkpoint(
+        name: CheckpointName, session_id: SessionIdArg = None
+    ) -> ToolResult:
+        """Delete a named checkpoint and free its disk space."""
+        session = state.sessions().get(session_id)
+        if not await asyncio.to_thread(session.delete_checkpoint, name):
+            raise InvalidRequest(f"session {session.id!r} has no checkpoint {name!r}")
+        model = DeleteCheckpointResult(session_id=session.id, name=name, deleted=True)
+        return _result(model, f"deleted checkpoint {name!r} of session {session.id}")
+
+    @tool(ForkSessionResult)
+    async def fork_session(
+        new_session_id: NewSessionId, source_session_id: SessionIdArg = None
+    ) -> ToolResult:
+        """Create a new session as an exact copy of a live one (default: the current one),
+        to try something risky on a branch. The copy is a fork of the process, so even
+        objects that cannot be saved come along (threads do not). The two are independent
+        from then on. The new session does not become current.
+        """
+        manager = state.sessions()
+        source, target, elapsed = await manager.fork(new_session_id, source_session_id)
+        pid = target.worker.pid if target.worker else None
+        model = ForkSessionResult(
+            session_id=target.id,
+            source_session_id=source.id,
+            status="forked",
+            pid=pid,
+            duration_ms=round(elapsed, 3),
+        )
+        return _result(model, f"forked session {source.id} into {target.id} (pid {pid})")
 
     # -- introspection -----------------------------------------------------------------
 

@@ -9,7 +9,12 @@ timeout, or whose MCP call is cancelled, is stopped by a ladder whose rung is re
     kill        SIGKILL to the group; state lost
 
 A worker that dies (os._exit, segfault, a rung past interrupt) is replaced by a fresh one from
-the pool. User code is never sent twice.
+the pool, which restores the session's newest snapshot; the reply says what was restored,
+skipped and lost (names bound by cells after that snapshot). User code is never sent twice.
+
+The session tracks its snapshots from the worker's "snap" frames: the last one written, what it
+skipped, and which names cells changed since. A session found on disk at server start is
+DORMANT: its first use starts a worker that restores it.
 """
 
 from __future__ import annotations
@@ -17,16 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import logging
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from interp import protocol
+from interp import protocol, snapfiles
 from interp.config import Config
-from interp.errors import InterpError, SessionBusy, SessionUnavailable
+from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
 from interp.spawner import WorkerExited, WorkerPool, WorkerProcess, describe_exit
 
 log = logging.getLogger("interp.session")
@@ -34,6 +41,7 @@ _exec_ids = itertools.count(1)
 
 
 class SessionState(enum.Enum):
+    DORMANT = "dormant"  # found in snapshots/ at server start; revived on first use
     STARTING = "starting"  # waiting for its first worker
     IDLE = "idle"  # worker ready, nothing running
     BUSY = "busy"  # a cell or a quick call is running
@@ -42,6 +50,7 @@ class SessionState(enum.Enum):
 
 
 _ALLOWED = {
+    SessionState.DORMANT: {SessionState.STARTING, SessionState.STOPPING},
     SessionState.STARTING: {SessionState.IDLE, SessionState.STOPPING, SessionState.DEAD},
     SessionState.IDLE: {SessionState.BUSY, SessionState.STOPPING, SessionState.STARTING},
     SessionState.BUSY: {SessionState.IDLE, SessionState.STOPPING, SessionState.STARTING},
@@ -70,6 +79,7 @@ class ExecOutcome:
     state_lost: bool = False
     restarted: bool = False
     crash: dict[str, Any] | None = None
+    recovery: dict[str, Any] | None = None
     notices: list[str] = field(default_factory=list)
 
 
@@ -85,14 +95,24 @@ def _compose(head: str, tail: str, dropped: int, stream: str) -> str:
 class Session:
     """A named, stateful Python session backed by one worker process at a time."""
 
-    def __init__(self, session_id: str, description: str, config: Config, pool: WorkerPool):
+    def __init__(
+        self,
+        session_id: str,
+        description: str,
+        config: Config,
+        pool: WorkerPool,
+        *,
+        dormant: bool = False,
+        created_at: float | None = None,
+    ):
         self.id = session_id
         self.description = description
         self.config = config
         self.pool = pool
-        self.state = SessionState.STARTING
+        self.folder = snapfiles.session_dir(config.snapshots, session_id)
+        self.state = SessionState.DORMANT if dormant else SessionState.STARTING
         self.worker: WorkerProcess | None = None
-        self.created_at = time.time()
+        self.created_at = created_at or time.time()
         self.executions = 0
         self.restarts = 0
         self.busy_since: float | None = None
@@ -101,6 +121,15 @@ class Session:
         self._cleanup: asyncio.Task[None] | None = None
         self._interrupt_reason: str | None = None
         self._notices: list[str] = []
+        #: Summary of the newest snapshot written (from the worker's "snap" frames).
+        self.snapshot: dict[str, Any] | None = None
+        self.snapshot_running = False
+        self.snapshot_pause_ms: float | None = None
+        self._changes: dict[int, list[str]] = {}  # cell number -> names it (re)bound
+        self._unsaved: set[str] = set()  # names the last snapshot skipped or failed
+        self._recovery: dict[str, Any] | None = None  # a revival's report, for the next cell
+        if dormant:
+            self.snapshot = self._latest_on_disk()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -122,8 +151,8 @@ class Session:
             # Died between calls (killed from outside, OOM): say so on the next call.
             self.last_exit = describe_exit(worker.exitcode)
             self._notices.append(
-                f"the worker died while idle ({self.last_exit}); a fresh one replaced it "
-                "and earlier state is gone"
+                f"the worker died while idle ({self.last_exit}); a fresh one restored the "
+                "last snapshot (see recovery)"
             )
             log.warning("session %s: worker died while idle (%s)", self.id, self.last_exit)
 
@@ -138,24 +167,209 @@ class Session:
         worker = self.worker
         if worker is not None and worker.alive:
             return worker
+        revive = self.state is SessionState.DORMANT or worker is not None
         if worker is not None:
             worker.close()
             self.restarts += 1
         self._set_state(SessionState.STARTING)
-        worker = await self._adopt()
+        # Always from the newest snapshot: a new session simply has none.
+        report = await self._adopt(restore="auto")
+        if revive or report.get("found"):
+            why = "the session was revived from disk" if revive else "the session was restored"
+            if worker is not None:
+                why = f"its worker had died ({self.last_exit})"
+            self._recovery = self._recovery_info(report, why)
         self._set_state(SessionState.IDLE)
-        return worker
+        assert self.worker is not None
+        return self.worker
 
-    async def _adopt(self) -> WorkerProcess:
-        """Take a ready worker from the pool and make it this session's."""
+    async def _adopt(self, restore: str | None = None) -> dict[str, Any]:
+        """Take a ready worker from the pool, make it this session's and bind it to the
+        session's snapshot folder, restoring `restore` ("auto" or a checkpoint) if given.
+        Returns the worker's restore report."""
         worker = await self.pool.take()
         worker.on_exit = self._on_worker_exit
+        worker.on_snapshot = functools.partial(self._on_snapshot, worker)
         self.worker = worker
-        return worker
+        self.snapshot_running = False
+        try:
+            reply = await self._attach(worker, restore)
+        except BaseException:
+            self.worker = None
+            await worker.kill()
+            raise
+        report = dict(reply.get("restore") or {})
+        self._changes.clear()
+        return report
 
-    async def stop(self) -> None:
+    async def _attach(self, worker: WorkerProcess, restore: str | None) -> dict[str, Any]:
+        limits = self.config.limits
+        _, fut = await worker.send(
+            protocol.OP_ATTACH,
+            folder=str(self.folder),
+            restore=restore,
+            keep_auto=limits.snapshot_keep,
+            max_bytes=limits.snapshot_max_bytes,
+        )
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(fut), limits.restore_timeout)
+        except (TimeoutError, WorkerExited) as exc:
+            raise SessionUnavailable(
+                f"session {self.id!r}: restoring its snapshot failed ({exc or 'timed out'})"
+            ) from None
+        if "failure" in reply:
+            raise SessionUnavailable(f"session {self.id!r}: attach failed: {reply['failure']}")
+        return reply
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def _on_snapshot(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        if worker is not self.worker:
+            return
+        if message.get("event") == "start":
+            self.snapshot_running = True
+            self.snapshot_pause_ms = message.get("pause_ms")
+            return
+        self.snapshot_running = False
+        if not message.get("ok"):
+            error = message.get("error", "unknown error")
+            log.warning("session %s: snapshot failed: %s", self.id, error)
+            self._notices.append(
+                f"saving a snapshot of this session failed ({error}); the previous one is kept"
+            )
+            return
+        if message.get("kind") != "auto":
+            return
+        self.snapshot = message
+        covered = message.get("execution_count") or 0
+        for count in [c for c in self._changes if c <= covered]:
+            del self._changes[count]
+        unsaved = {e["name"]: e["reason"] for e in message.get("skipped", [])}
+        unsaved |= {e["name"]: e["reason"] for e in message.get("failed", [])}
+        new = sorted(set(unsaved) - self._unsaved)
+        self._unsaved = set(unsaved)
+        if new:
+            self._notices.append(
+                "not in snapshots, so lost if the session crashes or restarts: "
+                + "; ".join(f"{n} ({unsaved[n]})" for n in new)
+            )
+
+    def _latest_on_disk(self) -> dict[str, Any] | None:
+        for path in snapfiles.auto_manifests(self.folder):
+            try:
+                return snapfiles.summary(snapfiles.read_manifest(path))
+            except snapfiles.ManifestError:
+                continue
+        return None
+
+    def _recovery_info(self, report: dict[str, Any], why: str) -> dict[str, Any]:
+        """What a restore brought back and what it could not, for the agent."""
+        # Cells after the restored snapshot: their (re)bindings are gone.
+        covered = report.get("execution_count") if report.get("found") else None
+        lost = sorted(
+            {
+                name
+                for count, names in self._changes.items()
+                if not isinstance(covered, int) or count > covered
+                for name in names
+            }
+        )
+        restored = list(report.get("restored") or [])
+        if report.get("found"):
+            created = report.get("created") or time.time()
+            source = (
+                f"{report.get('manifest')} (after cell [{report.get('execution_count')}], "
+                f"{max(0.0, time.time() - created):.1f} s old)"
+            )
+        else:
+            source = "none: no snapshot was found, the session starts empty"
+        return {
+            "reason": why,
+            "source": source,
+            "restored": restored,
+            "skipped": list(report.get("skipped") or []),
+            "failed": list(report.get("failed") or []),
+            "lost": lost,
+            "rejected": list(report.get("rejected") or []),
+            "duration_ms": report.get("ms"),
+        }
+
+    async def checkpoint(self, name: str) -> dict[str, Any]:
+        """Save the namespace as a named checkpoint; waits until it is on disk."""
+        reply = await self.call(
+            protocol.OP_SNAPSHOT,
+            timeout=self.config.limits.restore_timeout,
+            kind="checkpoint",
+            name=name,
+        )
+        if not reply.get("ok"):
+            raise InterpError(f"saving checkpoint {name!r} failed: {reply.get('error')}")
+        return reply
+
+    async def restore_checkpoint(self, name: str) -> dict[str, Any]:
+        """Replace the namespace with a checkpoint's, in a fresh worker."""
+        if not (self.folder / snapfiles.ckpt_name(name)).exists():
+            raise InvalidRequest(f"session {self.id!r} has no checkpoint {name!r}")
+        async with self._lock:
+            await self._ensure_worker()
+            old, self.worker = self.worker, None
+            if old is not None:
+                await old.kill()
+            self._set_state(SessionState.STARTING)
+            try:
+                report = await self._adopt(restore=name)
+            finally:
+                self._set_state(SessionState.IDLE if self.worker else SessionState.STARTING)
+            self.restarts += 1
+            return self._recovery_info(report, f"checkpoint {name!r} was restored")
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Named checkpoints on disk, oldest first (read from manifests, never unpickled)."""
+        out = []
+        for name, path in snapfiles.checkpoint_manifests(self.folder).items():
+            try:
+                info = snapfiles.summary(snapfiles.read_manifest(path))
+            except snapfiles.ManifestError as exc:
+                info = {"created": None, "corrupt": str(exc)}
+            out.append({"name": name, **info})
+        out.sort(key=lambda c: (c.get("created") or 0, c["name"]))
+        return out
+
+    def delete_checkpoint(self, name: str) -> bool:
+        path = self.folder / snapfiles.ckpt_name(name)
+        if not path.exists():
+            return False
+        path.unlink(missing_ok=True)
+        snapfiles.fsync_dir(self.folder)
+        # Free its data now unless a snapshot writer holds the folder (it collects then).
+        with snapfiles.locked(self.folder, wait=False) as got:
+            if got:
+                snapfiles.collect_garbage(self.folder, self.config.limits.snapshot_keep)
+        return True
+
+    def discard_files(self) -> None:
+        """Remove every snapshot and checkpoint of the session (it is being deleted)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def drop_auto_snapshots(self) -> None:
+        """Forget automatic snapshots (a restart that clears state); checkpoints stay."""
+        with snapfiles.locked(self.folder):
+            for path in snapfiles.auto_manifests(self.folder):
+                path.unlink(missing_ok=True)
+            snapfiles.collect_garbage(self.folder, 0)
+        self.snapshot = None
+        self._unsaved = set()
+
+    async def stop(self, flush: float = 0.0) -> None:
+        """Kill the worker. With `flush` > 0 (server shutdown), an idle session first gets
+        that many seconds to finish its snapshot, so the last cell is not lost."""
         if self.state is SessionState.DEAD:
             return
+        if flush > 0 and self.state is SessionState.IDLE and self.worker is not None:
+            # An idle worker whose channel closes writes what its last snapshot missed,
+            # then exits by itself (see interp.worker).
+            self.worker.close_channel()
+            await self.worker.wait_exit(flush)
         self._set_state(SessionState.STOPPING)
         worker, self.worker = self.worker, None
         if worker is not None:
@@ -164,17 +378,56 @@ class Session:
             self._cleanup.cancel()
         self._set_state(SessionState.DEAD)
 
-    async def restart(self) -> WorkerProcess:
-        """Replace the worker with a fresh one: all state is dropped."""
+    async def restart(self, preserve_state: bool = False) -> dict[str, Any] | None:
+        """Replace the worker. Without preserve_state all state is dropped (checkpoints
+        stay); with it, a snapshot is taken first and restored in the new worker."""
         async with self._lock:
+            saved: dict[str, Any] | None = None
+            if preserve_state:
+                worker = await self._ensure_worker()
+                saved = await self._request(
+                    worker, protocol.OP_SNAPSHOT, self.config.limits.restore_timeout, kind="auto"
+                )
+                if not saved.get("ok"):
+                    raise InterpError(
+                        f"could not snapshot session {self.id!r} before the restart "
+                        f"({saved.get('error')}); nothing was restarted"
+                    )
             old, self.worker = self.worker, None
             if old is not None:
                 await old.kill()
                 self.restarts += 1
             self._set_state(SessionState.STARTING)
-            worker = await self._adopt()
+            if not preserve_state:
+                await asyncio.to_thread(self.drop_auto_snapshots)
+            report = await self._adopt(restore="auto" if preserve_state else None)
             self._set_state(SessionState.IDLE)
-            return worker
+            if not preserve_state:
+                return None
+            return self._recovery_info(report, "restart_kernel(preserve_state=true)")
+
+    async def fork(self, target: Session) -> dict[str, Any]:
+        """Make `target` (new, without a worker) a copy-on-write fork of this live session."""
+        async with self._lock:
+            source = await self._ensure_worker()
+            limits = self.config.limits
+            worker = WorkerProcess(self.config)
+            started = time.perf_counter()
+            await worker.fork_from(
+                source,
+                folder=str(target.folder),
+                keep_auto=limits.snapshot_keep,
+                max_bytes=limits.snapshot_max_bytes,
+            )
+            elapsed = (time.perf_counter() - started) * 1000
+        target.adopt_fork(worker)
+        return {"pid": worker.pid, "ms": round(elapsed, 3)}
+
+    def adopt_fork(self, worker: WorkerProcess) -> None:
+        worker.on_exit = self._on_worker_exit
+        worker.on_snapshot = functools.partial(self._on_snapshot, worker)
+        self.worker = worker
+        self._set_state(SessionState.IDLE)
 
     # -- calls -------------------------------------------------------------------------
 
@@ -188,22 +441,27 @@ class Session:
             raise SessionBusy(self.id, self.busy_for) from None
         try:
             worker = await self._ensure_worker()
-            rid, fut = await worker.send(op, **fields)
-            try:
-                reply = await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except TimeoutError:
-                worker.forget(rid)
-                raise SessionBusy(self.id, timeout) from None
-            except WorkerExited as exc:
-                raise SessionUnavailable(
-                    f"session {self.id!r}: the worker died during the call ({exc}); "
-                    "it will be replaced on the next call"
-                ) from None
-            if "failure" in reply:
-                raise InterpError(f"{op} failed in the session: {reply['failure']}")
-            return reply
+            return await self._request(worker, op, timeout, **fields)
         finally:
             self._lock.release()
+
+    async def _request(
+        self, worker: WorkerProcess, op: str, timeout: float, **fields: Any
+    ) -> dict[str, Any]:
+        rid, fut = await worker.send(op, **fields)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            worker.forget(rid)
+            raise SessionBusy(self.id, timeout) from None
+        except WorkerExited as exc:
+            raise SessionUnavailable(
+                f"session {self.id!r}: the worker died during the call ({exc}); "
+                "it will be replaced on the next call"
+            ) from None
+        if "failure" in reply:
+            raise InterpError(f"{op} failed in the session: {reply['failure']}")
+        return reply
 
     @property
     def busy_for(self) -> float:
@@ -221,6 +479,7 @@ class Session:
         async with self._lock:
             worker = await self._ensure_worker()
             notices, self._notices = self._notices, []
+            recovery, self._recovery = self._recovery, None
             self._set_state(SessionState.BUSY)
             self.busy_since = time.monotonic()
             self._interrupt_reason = None
@@ -249,6 +508,8 @@ class Session:
                 if self.state is SessionState.BUSY:
                     self._set_state(SessionState.IDLE)
             outcome.notices = notices + outcome.notices
+            if recovery is not None and outcome.recovery is None:
+                outcome.recovery = recovery
             return outcome
 
     # -- stopping and recovering ---------------------------------------------------------
@@ -309,17 +570,23 @@ class Session:
         return outcome
 
     async def _replace(self, worker: WorkerProcess, outcome: ExecOutcome, why: str) -> None:
+        """After a crash or a kill: a fresh worker that restores the newest snapshot."""
         await worker.kill()
-        outcome.state_lost = True
         try:
-            await self._adopt()
+            report = await self._adopt(restore="auto")
         except InterpError as exc:
             self.worker = None
+            outcome.state_lost = True
             outcome.notices.append(f"{why}; starting a new worker failed: {exc}")
             return
         self.restarts += 1
         outcome.restarted = True
-        outcome.notices.append(f"{why}; the session restarted with fresh state")
+        info = self._recovery_info(report, why)
+        outcome.recovery = info
+        outcome.state_lost = bool(info["lost"] or info["failed"] or info["skipped"])
+        if not report.get("found"):
+            outcome.state_lost = True
+        outcome.notices.append(f"{why}; the session restarted and restored its last snapshot")
 
     # -- shaping -----------------------------------------------------------------------
 
@@ -353,6 +620,9 @@ class Session:
             error=reply.get("error"),
             duration_ms=float(reply.get("duration") or 0.0) * 1000,
         )
+        changed = reply.get("changed")
+        if changed and isinstance(outcome.execution_count, int):
+            self._changes[outcome.execution_count] = list(changed)
         streams = reply.get("streams") or {}
         for name in ("stdout", "stderr"):
             info = streams.get(name) or {}

@@ -95,30 +95,37 @@ class WorkerProcess:
         self._reader_task: asyncio.Task[None] | None = None
         self._rids = itertools.count(1)
         self._drain_fds: dict[str, int] = {}
+        self._sentinel: int | None = None
+        self._pidfd: int | None = None  # forked sessions: not our child, watched by pidfd
+        #: Called with each "snap" frame: the snapshot writer started or finished.
+        self.on_snapshot: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def alive(self) -> bool:
         return self.exited is not None and not self.exited.done()
 
-    async def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
-        loop = asyncio.get_running_loop()
-        self.exited = loop.create_future()
-        self._ready = loop.create_future()
-        self.config.run_dir.mkdir(parents=True, exist_ok=True)
-        parent, child = CTX.Pipe(duplex=True)
-        limits = self.config.limits
-        # The capture pipes are made here so the server keeps a copy of each read end: after
-        # a crash, output the worker never got to read is still in the pipe (`drain`).
-        # Wrapping the fds in Connections lets multiprocessing pass them to the child.
-        pipes: dict[str, tuple[Connection, Connection]] = {}
+    def _capture_pipes(self) -> dict[str, tuple[int, int]]:
+        """The worker's stdout/stderr pipes. They are made here so the server keeps a copy of
+        each read end: after a crash, output the worker never got to read is still in the
+        pipe (`drain`)."""
+        pipes = {}
         for name in ("stdout", "stderr"):
             read_fd, write_fd = os.pipe()
             self._drain_fds[name] = os.dup(read_fd)
             os.set_blocking(self._drain_fds[name], False)
-            pipes[name] = (
-                Connection(read_fd, writable=False),
-                Connection(write_fd, readable=False),
-            )
+            pipes[name] = (read_fd, write_fd)
+        return pipes
+
+    async def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
+        """Spawn a fresh worker through the forkserver and wait until it is ready."""
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        parent, child = CTX.Pipe(duplex=True)
+        limits = self.config.limits
+        # Wrapping the fds in Connections lets multiprocessing pass them to the child.
+        pipes = {
+            name: (Connection(r, writable=False), Connection(w, readable=False))
+            for name, (r, w) in self._capture_pipes().items()
+        }
         opts = {
             "pipes": pipes,
             "token": self.token,
@@ -149,10 +156,83 @@ class WorkerProcess:
         self.pid = process.pid
         sock = socket.socket(fileno=os.dup(parent.fileno()))
         parent.close()
+        await self._connect(sock, process.sentinel, ready_timeout)
+        return self
+
+    async def fork_from(
+        self, source: WorkerProcess, ready_timeout: float = 30.0, **fields: Any
+    ) -> WorkerProcess:
+        """Become a copy-on-write fork of `source`'s worker (the caller holds its session).
+
+        The fork is a child of the source worker, not of ours: its channel and capture pipes
+        go over the source's channel as SCM_RIGHTS, and its end is watched with a pidfd.
+        """
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        ours, theirs = socket.socketpair()
+        pipes = self._capture_pipes()
+        fds = [theirs.fileno(), *pipes["stdout"], *pipes["stderr"]]
+        try:
+            _, fut = await source.send(
+                protocol.OP_FORK, token=self.token, fault_path=str(self.fault_path), **fields
+            )
+            await source.send_fds(fds)
+        except BaseException:
+            ours.close()
+            self.close()
+            raise
+        finally:
+            theirs.close()
+            for r, w in pipes.values():
+                os.close(r)
+                os.close(w)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(fut), ready_timeout)
+            if "failure" in reply:
+                raise SessionUnavailable(f"the source session could not fork: {reply['failure']}")
+            self.pid = int(reply["pid"])
+            self._pidfd = os.pidfd_open(self.pid)
+        except BaseException as exc:
+            ours.close()
+            self.close()
+            if isinstance(exc, TimeoutError | WorkerExited):
+                raise SessionUnavailable(f"the source session did not fork: {exc}") from exc
+            raise
+        ours.setblocking(False)
+        await self._connect(ours, self._pidfd, ready_timeout)
+        return self
+
+    async def send_fds(self, fds: list[int]) -> None:
+        """Pass file descriptors to the worker, right after the frame that announces them."""
+        if self._writer is None:
+            raise WorkerExited(self.exitcode)
+        transport = self._writer.transport
+        # The announcing frame must be wholly in the socket before the fds' message.
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while transport.get_write_buffer_size():
+            if asyncio.get_running_loop().time() > deadline:
+                raise SessionUnavailable("the worker's channel is not draining")
+            await asyncio.sleep(0.001)
+        sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        try:
+            while True:
+                try:
+                    socket.send_fds(sock, [b"F"], fds)
+                    return
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+        finally:
+            sock.close()
+
+    async def _connect(self, sock: socket.socket, sentinel: int, ready_timeout: float) -> None:
+        """Start reading the channel and watching the process; wait for its ready frame."""
+        loop = asyncio.get_running_loop()
+        self.exited = loop.create_future()
+        self._ready = loop.create_future()
+        self._sentinel = sentinel
         sock.setblocking(False)
         reader, self._writer = await asyncio.open_unix_connection(sock=sock)
         self._reader_task = asyncio.create_task(self._read_loop(reader), name=self.token)
-        loop.add_reader(process.sentinel, self._on_sentinel)
+        loop.add_reader(sentinel, self._on_sentinel)
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), ready_timeout)
         except (TimeoutError, WorkerExited) as exc:
@@ -162,12 +242,17 @@ class WorkerProcess:
             self.signal_group(signal.SIGKILL)
             self.close()
             raise
-        return self
+
+    def _exit_status(self) -> int | None:
+        if self._process is not None:
+            return int(self._process.exitcode) if self._process.exitcode is not None else None
+        return _zombie_exitcode(self.pid)
 
     def _on_sentinel(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.remove_reader(self._process.sentinel)
-        self.exitcode = self._process.exitcode
+        if self._sentinel is not None:
+            loop.remove_reader(self._sentinel)
+        self.exitcode = self._exit_status()
         error = WorkerExited(self.exitcode)
         for fut in [self._ready, *self._pending.values()]:
             if fut is not None and not fut.done():
@@ -204,6 +289,9 @@ class WorkerProcess:
             out = self.outputs.get(str(rid))
             if out is not None and isinstance(message.get("text"), str):
                 out.add(str(message.get("stream")), message["text"])
+        elif op == protocol.OP_SNAP:
+            if self.on_snapshot is not None:
+                self.on_snapshot(message)
         elif op == protocol.OP_READY:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(message)
@@ -229,6 +317,12 @@ class WorkerProcess:
             self._pending.pop(rid, None)
             raise WorkerExited(self.exitcode) from exc
         return rid, fut
+
+    def close_channel(self) -> None:
+        """Hang up on the worker: an idle one then finishes its snapshot and exits."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def forget(self, rid: str) -> None:
         """Drop an abandoned request: its reply, if it ever comes, will be discarded."""
@@ -298,6 +392,11 @@ class WorkerProcess:
             with contextlib.suppress(Exception):
                 self._process.join(0)
                 self._process.close()
+        if self._pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
         with contextlib.suppress(OSError):
             self.fault_path.unlink()
 
@@ -308,6 +407,19 @@ class WorkerProcess:
                 return f.read(limit).strip()
         except OSError:
             return ""
+
+
+def _zombie_exitcode(pid: int | None) -> int | None:
+    """Exit status of a process that is not our child, read while it is still a zombie
+    (/proc/<pid>/stat field 52); None once its parent has reaped it."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return os.waitstatus_to_exitcode(int(fields[49]))
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class WorkerPool:

@@ -8,11 +8,19 @@ Start-up order matters (DESIGN §1; each step was a real failure once):
 3. ``faulthandler`` on a real file, so a segfault reply can carry a traceback.
 4. chdir into the workspace, then report ready.
 
+The server binds a worker to its session with an ``attach`` request (where its snapshots go,
+and which one to restore); from then on the worker snapshots its namespace in a forked writer
+child after each cell that may have changed it (`interp.snapshot`). ``fork`` forks the whole
+worker into a new session: the server passes the new channel and capture pipes over the
+channel (SCM_RIGHTS), and the child takes them as its own, in its own process group.
+
 The SIGINT handler raises KeyboardInterrupt only while user code runs: an idle worker hit by
 SIGINT (an interrupt that raced the end of a cell) must not die.
 
 This module imports only the standard library and interp's worker-side modules at import
-time; IPython comes from `interp.shell`, already imported by the forkserver preload.
+time; IPython comes from `interp.shell` and dill from `interp.snapshot`, both imported by the
+forkserver preload. The server imports this module for `worker_main` only, and so never
+loads the unpickling code.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import contextlib
 import ctypes
 import faulthandler
 import os
+import select
 import signal
+import socket
 import threading
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from interp import protocol
@@ -34,6 +44,7 @@ from interp.capture import OutputCapture
 SHELL: Any = None
 
 _running = False  # True only while user code runs: see module docstring
+_forked: set[int] = set()  # sessions forked from this worker, reaped when they end
 _PR_SET_PDEATHSIG = 1
 
 
@@ -87,8 +98,7 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     channel = _Channel(conn)
     pipes = {name: (_take_fd(r), _take_fd(w)) for name, (r, w) in opts.pop("pipes").items()}
     capture = OutputCapture(int(opts["output_chars"]), channel.send_output, pipes)
-    fault_file = open(opts["fault_path"], "w")  # noqa: SIM115 - must stay open for life
-    faulthandler.enable(file=fault_file, all_threads=True)
+    _enable_faulthandler(opts["fault_path"])
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     os.environ["PAGER"] = "cat"
     os.environ.setdefault("TERM", "dumb")
@@ -100,51 +110,189 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     shell = SHELL if SHELL is not None else shell_mod.build_shell()
     if SHELL is None:
         shell.execution_count = 1
+    worker = _Worker(conn, channel, capture, shell, opts)
     channel.send({"op": protocol.OP_READY, "id": opts["token"], "pid": os.getpid()})
-    _serve(conn, channel, capture, shell, opts)
+    worker.serve()
     os._exit(0)  # the channel is closed: nothing left to report to, no atexit hooks to run
 
 
-def _serve(
-    conn: Connection, channel: _Channel, capture: OutputCapture, shell: Any, opts: dict[str, Any]
-) -> None:
-    from interp import shell as shell_mod
+def _enable_faulthandler(path: str) -> None:
+    fault_file = open(path, "w")  # noqa: SIM115 - must stay open for life
+    faulthandler.enable(file=fault_file, all_threads=True)
 
-    while True:
-        try:
-            payload = conn.recv_bytes(protocol.MAX_REQUEST_BYTES)
-        except (EOFError, OSError):
-            return  # the server closed the channel: the session is over
-        except KeyboardInterrupt:
-            continue
-        try:
-            request = protocol.decode(payload)
-            rid = request["id"]
-            op = request["op"]
-        except Exception:
-            continue  # not from our server; nothing sensible to reply to
-        try:
+
+class _Worker:
+    """The request loop and what it owns: channel, capture, shell, snapshot writer."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        channel: _Channel,
+        capture: OutputCapture,
+        shell: Any,
+        opts: dict[str, Any],
+    ) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.capture = capture
+        self.shell = shell
+        self.opts = opts
+        from interp.snapshot import Snapshotter
+
+        self.snap = Snapshotter(shell, self._report_snapshot)
+
+    def _report_snapshot(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.channel.send({**message, "op": protocol.OP_SNAP, "id": ""})
+
+    def _next_request(self) -> bytes | None:
+        """The next request's bytes, tending the snapshot writer while waiting for it."""
+        while True:
+            fd = self.snap.wait_fd
+            if fd is not None:
+                ready = wait([self.conn, fd])
+                if fd in ready:
+                    self.snap.collect()
+                    self.snap.start()  # cells that finished meanwhile left it dirty
+                    continue
+            _reap_forked()
+            try:
+                return self.conn.recv_bytes(protocol.MAX_REQUEST_BYTES)
+            except (EOFError, OSError):
+                return None  # the server closed the channel: the session is over
+            except KeyboardInterrupt:
+                continue
+
+    def serve(self) -> None:
+        while True:
+            payload = self._next_request()
+            if payload is None:
+                # The server hung up (shutdown): write what the last snapshot missed first.
+                with contextlib.suppress(Exception):
+                    self.snap.snapshot_now("flush")
+                return
+            try:
+                request = protocol.decode(payload)
+                rid = request["id"]
+                op = request["op"]
+            except Exception:
+                continue  # not from our server; nothing sensible to reply to
+            try:
+                reply = self._handle(op, request)
+            except (Exception, KeyboardInterrupt) as exc:
+                reply = {"failure": f"{type(exc).__name__}: {exc}"}
+            reply["id"] = rid
+            try:
+                self.channel.send(reply)
+            except (OSError, ValueError):
+                return
             if op == protocol.OP_EXEC:
-                reply = _execute(shell, capture, request, opts)
-            elif op == protocol.OP_COMPLETE:
-                reply = shell_mod.complete(shell, request["code"], request["cursor_pos"])
-            elif op == protocol.OP_INSPECT:
-                reply = shell_mod.inspect(
-                    shell, request["code"], request["cursor_pos"], request["detail_level"]
-                )
-            elif op == protocol.OP_VARIABLES:
-                reply = {"variables": shell_mod.variables(shell)}
-            elif op == protocol.OP_PING:
-                reply = {"pid": os.getpid()}
-            else:
-                reply = {"failure": f"unknown op {op!r}"}
-        except (Exception, KeyboardInterrupt) as exc:
-            reply = {"failure": f"{type(exc).__name__}: {exc}"}
-        reply["id"] = rid
+                self.snap.start()  # after the reply: the fork never delays a result
+
+    def _handle(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        from interp import shell as shell_mod
+
+        shell = self.shell
+        if op == protocol.OP_EXEC:
+            reply = _execute(shell, self.capture, request, self.opts)
+            reply["changed"] = self.snap.after_cell()
+            return reply
+        if op == protocol.OP_COMPLETE:
+            return shell_mod.complete(shell, request["code"], request["cursor_pos"])
+        if op == protocol.OP_INSPECT:
+            return shell_mod.inspect(
+                shell, request["code"], request["cursor_pos"], request["detail_level"]
+            )
+        if op == protocol.OP_VARIABLES:
+            return {"variables": shell_mod.variables(shell)}
+        if op == protocol.OP_PING:
+            return {"pid": os.getpid()}
+        if op == protocol.OP_ATTACH:
+            return self._attach(request)
+        if op == protocol.OP_SNAPSHOT:
+            return self.snap.snapshot_now(request.get("kind", "auto"), request.get("name"))
+        if op == protocol.OP_FORK:
+            return self._fork(request)
+        return {"failure": f"unknown op {op!r}"}
+
+    def _attach(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Bind to a session's snapshot folder; restore a snapshot first if asked."""
+        self.snap.finish()
+        self.snap.configure(None, 0, 0)
+        report: dict[str, Any] = {}
+        folder = request.get("folder")
+        which = request.get("restore")
+        if folder and which:
+            from pathlib import Path
+
+            from interp.snapshot import restore
+
+            report = restore(self.shell, Path(folder), str(which))
+        self.snap.configure(folder, int(request["keep_auto"]), int(request["max_bytes"]))
+        return {"restore": report}
+
+    def _fork(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Fork this worker into a new session (see the module docstring)."""
+        fds = _receive_fds(self.conn, 5)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._become_fork(fds, request)
+            finally:
+                os._exit(1)
+        for fd in fds:
+            os.close(fd)
+        _forked.add(pid)
+        return {"pid": pid}
+
+    def _become_fork(self, fds: list[int], request: dict[str, Any]) -> None:
+        """In the forked child: take the new session's channel and pipes, then serve it."""
+        global _forked
+        os.setsid()  # its own group: deleting the source must not take the fork with it
+        _forked = set()
+        chan, out_r, out_w, err_r, err_w = fds
+        self.snap.reset_after_fork()
+        self.capture.detach()
+        self.conn.close()
+        self.conn = Connection(chan)
+        self.channel = _Channel(self.conn)
+        pipes = {"stdout": (out_r, out_w), "stderr": (err_r, err_w)}
+        limit = int(self.opts["output_chars"])
+        self.capture = OutputCapture(limit, self.channel.send_output, pipes)
+        _enable_faulthandler(request["fault_path"])
+        self.snap.configure(request["folder"], int(request["keep_auto"]), int(request["max_bytes"]))
+        self.channel.send({"op": protocol.OP_READY, "id": request["token"], "pid": os.getpid()})
+        self.snap.dirty = True
+        self.snap.start()  # the fork's own first snapshot, so it survives a crash too
+        self.serve()
+        os._exit(0)
+
+
+def _receive_fds(conn: Connection, count: int, timeout: float = 10.0) -> list[int]:
+    """File descriptors the server sends right after a fork request (SCM_RIGHTS)."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        # select, not a socket timeout: that would make the shared channel non-blocking.
+        if not select.select([sock], [], [], timeout)[0]:
+            raise TimeoutError("the server did not send the new session's channel")
+        _, fds, _, _ = socket.recv_fds(sock, 16, count)
+    finally:
+        sock.close()
+    if len(fds) != count:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"expected {count} file descriptors, got {len(fds)}")
+    return fds
+
+
+def _reap_forked() -> None:
+    for pid in list(_forked):
         try:
-            channel.send(reply)
-        except (OSError, ValueError):
-            return
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _forked.discard(pid)
 
 
 def _execute(

@@ -10,7 +10,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "interp"
 
 #: Modules that run inside workers or the forkserver. They must never pull in the server.
-WORKER_SIDE = {"worker", "capture", "shell", "preload", "launch", "protocol", "config"}
+WORKER_SIDE = {
+    "worker", "capture", "shell", "preload", "launch", "protocol", "config", "snapshot",
+    "snapfiles",
+}  # fmt: skip
 SERVER_SIDE = {
     "server", "manager", "session", "spawner", "middleware", "models", "render", "cli",
     "logs", "errors",
@@ -53,6 +56,17 @@ def test_worker_import_pulls_in_no_fastmcp_or_rich() -> None:
         "import sys, interp.worker, interp.preload, interp.launch, interp.shell\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('fastmcp', 'mcp', 'rich', 'pydantic', 'uvicorn', 'starlette', 'asyncio'))\n"
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_server_never_loads_unpickling_code() -> None:
+    """Session bytes are unpickled only inside workers (DESIGN §2)."""
+    code = (
+        "import sys, interp.server, interp.cli\n"
+        "bad = sorted(m for m in sys.modules if m == 'interp.snapshot' or m.startswith('dill'))\n"
         "assert not bad, bad"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

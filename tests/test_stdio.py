@@ -37,6 +37,8 @@ async def test_every_tool_over_stdio(stdio: Client, tmp_path: Path) -> None:
         "run_python_code", "interrupt_kernel", "create_session", "switch_session",
         "list_sessions", "delete_session", "restart_kernel", "list_variables",
         "code_completion", "inspect_object", "check_kernel_responsiveness", "ping",
+        "save_checkpoint", "restore_checkpoint", "list_checkpoints", "delete_checkpoint",
+        "fork_session",
     }  # fmt: skip
     assert (await c.call_tool("ping", {})).structured_content["ok"] is True
     await run(c, "value = 6 * 7\nimport math")
@@ -66,6 +68,43 @@ async def test_every_tool_over_stdio(stdio: Client, tmp_path: Path) -> None:
     assert (await run(c, "value"))["result"] == "42"
     with pytest.raises(ToolError, match="session_id"):
         await c.call_tool("run_python_code", {"code": "1", "session_id": "../x"})
+
+
+async def test_state_tools_and_server_restart_over_stdio(tmp_path: Path) -> None:
+    """Checkpoints, forking, restart with state, and a whole server restart, through real
+    `python main.py --stdio` processes sharing one snapshots folder."""
+    async with Client(stdio_transport(tmp_path), timeout=60) as c:
+        await run(c, "def grow(n):\n    return [i * i for i in range(n)]\nsquares = grow(4)")
+        saved = (await c.call_tool("save_checkpoint", {"name": "four"})).structured_content
+        assert saved["variables"] == 2 and saved["size_bytes"] > 0
+        listed = (await c.call_tool("list_checkpoints", {})).structured_content
+        assert [cp["name"] for cp in listed["checkpoints"]] == ["four"]
+        await run(c, "squares = grow(6)")
+        forked = (
+            await c.call_tool("fork_session", {"new_session_id": "branch"})
+        ).structured_content
+        assert forked["status"] == "forked" and forked["pid"]
+        assert (await run(c, "len(squares)", session_id="branch"))["result"] == "6"
+        back = (await c.call_tool("restore_checkpoint", {"name": "four"})).structured_content
+        assert back["recovery"]["restored"] == ["grow", "squares"]
+        assert (await run(c, "len(squares)"))["result"] == "4"
+        kept = (await c.call_tool("restart_kernel", {"preserve_state": True})).structured_content
+        assert kept["recovery"]["restored"] == ["grow", "squares"]
+        gone = (await c.call_tool("delete_checkpoint", {"name": "four"})).structured_content
+        assert gone["deleted"] is True
+        await run(c, "squares = grow(5)")
+        await run(c, "done = True", session_id="branch")
+    # A new server finds both sessions on disk and revives them with their state.
+    async with Client(stdio_transport(tmp_path), timeout=60) as c:
+        sessions = (await c.call_tool("list_sessions", {})).structured_content["sessions"]
+        assert {s["session_id"]: s["state"] for s in sessions} == {
+            "default": "dormant",
+            "branch": "dormant",
+        }
+        r = await run(c, "len(squares), grow(3)")
+        assert r["result"] == "(5, [0, 1, 4])" and "squares" in r["recovery"]["restored"]
+        assert (await run(c, "done and len(squares)", session_id="branch"))["result"] == "6"
+        assert (await c.call_tool("list_checkpoints", {})).structured_content["count"] == 0
 
 
 async def test_hostile_output_does_not_kill_stdio(stdio: Client) -> None:

@@ -207,14 +207,15 @@ async def test_completion_and_inspection_use_live_namespace(client: Client) -> N
     assert missing["found"] is False
 
 
-async def test_restart_kernel_clears_state_and_preserve_state_is_refused(client: Client) -> None:
+async def test_restart_kernel_with_and_without_state(client: Client) -> None:
     await run(client, "kept = 1")
-    with pytest.raises(ToolError, match="preserve_state=true is not available"):
-        await client.call_tool("restart_kernel", {"preserve_state": True})
-    assert (await run(client, "kept"))["result"] == "1"  # the refusal lost nothing
     before = (await client.call_tool("list_sessions", {})).structured_content["sessions"][0]["pid"]
+    r = (await client.call_tool("restart_kernel", {"preserve_state": True})).structured_content
+    assert r["restarted"] and r["preserve_state"] is True and r["pid"] != before
+    assert r["recovery"]["restored"] == ["kept"]
+    assert (await run(client, "kept"))["result"] == "1"
     r = (await client.call_tool("restart_kernel", {})).structured_content
-    assert r["restarted"] and r["preserve_state"] is False and r["pid"] != before
+    assert r["restarted"] and r["preserve_state"] is False and r["recovery"] is None
     assert (await run(client, "kept"))["error"]["ename"] == "NameError"
 
 

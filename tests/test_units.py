@@ -60,7 +60,7 @@ def test_lean_schema_is_the_same_contract() -> None:
         result=None, results=[], error={"ename": "E", "evalue": "v", "traceback": "t"},
         duration_ms=1.0, execution_time=0.001, images=[{"mime_type": "image/png", "bytes": 3}],
         images_dropped=[], truncated={"stdout": 5}, timeout_rung=None, state_lost=False,
-        restarted=False, crash=None, notices=[],
+        restarted=False, crash=None, recovery=None, notices=[],
     ).model_dump(mode="json")  # fmt: skip
     variants = [
         ok,
