@@ -28,6 +28,7 @@ import logging
 import shutil
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,8 @@ class Session:
         #: Summary of the newest snapshot written (from the worker's "snap" frames).
         self.snapshot: dict[str, Any] | None = None
         self.snapshot_running = False
+        self.snapshot_pid: int | None = None  # the writer child while one runs
+        #: How long the last snapshot paused the session (the fork), milliseconds.
         self.snapshot_pause_ms: float | None = None
         self._changes: dict[int, list[str]] = {}  # cell number -> names it (re)bound
         self._unsaved: set[str] = set()  # names the last snapshot skipped or failed
@@ -198,9 +201,7 @@ class Session:
             self.worker = None
             await worker.kill()
             raise
-        report = dict(reply.get("restore") or {})
-        self._changes.clear()
-        return report
+        return dict(reply.get("restore") or {})
 
     async def _attach(self, worker: WorkerProcess, restore: str | None) -> dict[str, Any]:
         limits = self.config.limits
@@ -228,9 +229,11 @@ class Session:
             return
         if message.get("event") == "start":
             self.snapshot_running = True
+            self.snapshot_pid = message.get("pid")
             self.snapshot_pause_ms = message.get("pause_ms")
             return
         self.snapshot_running = False
+        self.snapshot_pid = None
         if not message.get("ok"):
             error = message.get("error", "unknown error")
             log.warning("session %s: snapshot failed: %s", self.id, error)
@@ -274,6 +277,7 @@ class Session:
                 for name in names
             }
         )
+        self._changes.clear()  # the new worker starts from the restored state
         restored = list(report.get("restored") or [])
         if report.get("found"):
             created = report.get("created") or time.time()
@@ -310,7 +314,7 @@ class Session:
         """Replace the namespace with a checkpoint's, in a fresh worker."""
         if not (self.folder / snapfiles.ckpt_name(name)).exists():
             raise InvalidRequest(f"session {self.id!r} has no checkpoint {name!r}")
-        async with self._lock:
+        async with self._idle():
             await self._ensure_worker()
             old, self.worker = self.worker, None
             if old is not None:
@@ -365,12 +369,13 @@ class Session:
         that many seconds to finish its snapshot, so the last cell is not lost."""
         if self.state is SessionState.DEAD:
             return
-        if flush > 0 and self.state is SessionState.IDLE and self.worker is not None:
+        idle = self.state is SessionState.IDLE
+        self._set_state(SessionState.STOPPING)
+        if flush > 0 and idle and self.worker is not None:
             # An idle worker whose channel closes writes what its last snapshot missed,
             # then exits by itself (see interp.worker).
             self.worker.close_channel()
             await self.worker.wait_exit(flush)
-        self._set_state(SessionState.STOPPING)
         worker, self.worker = self.worker, None
         if worker is not None:
             await worker.kill()
@@ -399,6 +404,7 @@ class Session:
                 self.restarts += 1
             self._set_state(SessionState.STARTING)
             if not preserve_state:
+                self._changes.clear()
                 await asyncio.to_thread(self.drop_auto_snapshots)
             report = await self._adopt(restore="auto" if preserve_state else None)
             self._set_state(SessionState.IDLE)
@@ -408,7 +414,7 @@ class Session:
 
     async def fork(self, target: Session) -> dict[str, Any]:
         """Make `target` (new, without a worker) a copy-on-write fork of this live session."""
-        async with self._lock:
+        async with self._idle():
             source = await self._ensure_worker()
             limits = self.config.limits
             worker = WorkerProcess(self.config)
@@ -434,14 +440,20 @@ class Session:
     async def call(
         self, op: str, wait: float = 5.0, timeout: float = 30.0, **fields: Any
     ) -> dict[str, Any]:
-        """A quick request (completion, inspection, variables, ping)."""
+        """A quick request (completion, inspection, variables, ping, snapshot)."""
+        async with self._idle(wait):
+            worker = await self._ensure_worker()
+            return await self._request(worker, op, timeout, **fields)
+
+    @contextlib.asynccontextmanager
+    async def _idle(self, wait: float = 5.0) -> AsyncIterator[None]:
+        """Hold the session lock; SessionBusy if a cell keeps it longer than `wait`."""
         try:
             await asyncio.wait_for(self._lock.acquire(), wait)
         except TimeoutError:
             raise SessionBusy(self.id, self.busy_for) from None
         try:
-            worker = await self._ensure_worker()
-            return await self._request(worker, op, timeout, **fields)
+            yield
         finally:
             self._lock.release()
 

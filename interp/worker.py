@@ -186,8 +186,7 @@ class _Worker:
                 self.channel.send(reply)
             except (OSError, ValueError):
                 return
-            if op == protocol.OP_EXEC:
-                self.snap.start()  # after the reply: the fork never delays a result
+            self.snap.start()  # if a cell left it dirty; after the reply, never delaying it
 
     def _handle(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
         from interp import shell as shell_mod
@@ -229,6 +228,8 @@ class _Worker:
 
             report = restore(self.shell, Path(folder), str(which))
         self.snap.configure(folder, int(request["keep_auto"]), int(request["max_bytes"]))
+        # A checkpoint restored is the new state: snapshot it, so a crash comes back to it.
+        self.snap.dirty = bool(report.get("found")) and which != "auto"
         return {"restore": report}
 
     def _fork(self, request: dict[str, Any]) -> dict[str, Any]:
