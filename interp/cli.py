@@ -38,6 +38,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--preload", default="", help="comma-separated modules the forkserver pre-imports"
     )
+    p.add_argument(
+        "--snapshot-keep",
+        type=int,
+        default=defaults.limits.snapshot_keep,
+        help="automatic snapshots kept per session (checkpoints are kept until deleted)",
+    )
+    p.add_argument(
+        "--snapshot-max-mb",
+        type=int,
+        default=defaults.limits.snapshot_max_bytes // 2**20,
+        help="most MiB one snapshot writes; larger variables are skipped and reported",
+    )
     return p.parse_args(argv)
 
 
@@ -63,7 +75,11 @@ def build_config(args: argparse.Namespace) -> Config:
         log_file=args.log_file.resolve() if args.log_file else None,
         spare_workers=max(0, args.spare_workers),
         preload_modules=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
-        limits=Limits(max_sessions=max(1, args.max_sessions)),
+        limits=Limits(
+            max_sessions=max(1, args.max_sessions),
+            snapshot_keep=max(1, args.snapshot_keep),
+            snapshot_max_bytes=max(0, args.snapshot_max_mb) * 2**20,
+        ),
     )
 
 

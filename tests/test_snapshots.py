@@ -18,10 +18,10 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from interp import snapfiles
-from interp.config import Config
+from interp.config import Config, Limits
 from interp.server import create_server
 from interp.snapshot import restore
-from tests.conftest import ROOT, run, wait_until
+from tests.conftest import ROOT, make_config, run, wait_until
 
 EVERY_KIND = """
 import dataclasses, functools, threading, numpy as np, pandas as pd
@@ -416,3 +416,18 @@ def test_file_size_limit_leaves_the_previous_snapshot(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "File too large" in err, err
     assert out.split() == ["1"]
     assert check_loadable(folder) == 1
+
+
+async def test_snapshot_budget_skips_the_largest_and_says_so(tmp_path: Path) -> None:
+    config = make_config(tmp_path, limits=Limits(snapshot_max_bytes=2**20))
+    async with Client(create_server(config)) as c:
+        await run(c, "small = list(range(10))\nhuge = bytes(3 * 2**20)")
+        await snapshot_covers(c, 1)
+        r = await run(c, "import os; os._exit(1)")
+        assert r["recovery"]["restored"] == ["small"]
+        skipped = r["recovery"]["skipped"]
+        assert [s["name"] for s in skipped] == ["huge"]
+        assert (
+            "snapshot budget" in skipped[0]["reason"]
+            and "--snapshot-max-mb" in skipped[0]["reason"]
+        )

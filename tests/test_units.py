@@ -82,3 +82,11 @@ def test_lean_schema_is_the_same_contract() -> None:
     verdicts = [(check_full.is_valid(v), check_lean.is_valid(v)) for v in variants]
     assert all(a == b for a, b in verdicts), verdicts
     assert [a for a, _ in verdicts] == [True, True] + [False] * 7
+
+
+def test_snapshot_flags_reach_the_config() -> None:
+    from interp.cli import build_config, parse_args
+
+    config = build_config(parse_args(["--snapshot-keep", "5", "--snapshot-max-mb", "10"]))
+    assert config.limits.snapshot_keep == 5
+    assert config.limits.snapshot_max_bytes == 10 * 2**20
