@@ -136,6 +136,7 @@ class SnapshotInfo(BaseModel):
     variables: int
     bytes: int
     not_saved: list[str] = Field(description="names it could not hold")
+    writing: bool = Field(description="a newer snapshot is being written now")
 
 
 class SessionInfo(BaseModel):

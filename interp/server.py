@@ -205,6 +205,7 @@ def _snapshot_info(session: Session) -> SnapshotInfo | None:
         variables=int(snap.get("variables") or 0),
         bytes=int(snap.get("bytes") or 0),
         not_saved=[e["name"] for e in [*snap.get("skipped", []), *snap.get("failed", [])]],
+        writing=session.snapshot_running,
     )
 
 

@@ -10,13 +10,13 @@ One folder per session under the snapshots root::
         ckpt-<name>.json      manifest of a named checkpoint (kept until deleted)
         .lock                 flock held by whoever writes or collects garbage
 
-A manifest lists one entry per variable (pack file, offset, length, CRC-32 and Adler-32 of its
-bytes), the names skipped with their reason, and a CRC of its own body. Packs are written and
+A manifest lists one entry per variable (pack file, offset, and the length and XXH3-128 digest
+of each part), the names skipped with their reason, and a CRC of its own body. Packs are written and
 fsynced before the manifest that references them is renamed into place, and the folder is
 fsynced after: a writer killed at any instant leaves the previous manifest and everything it
 references intact, plus at most an orphan pack or temp file that `collect_garbage` removes.
 
-Stdlib only: the server imports this module, and so does the worker side.
+Stdlib and xxhash only: the server imports this module, and so does the worker side.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 FORMAT = 1
 SESSION_FILE = "session.json"
@@ -88,10 +90,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def blob_sums(data: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """(CRC-32, Adler-32): the CRC catches corruption; both together, with the length,
-    identify an unchanged blob so it is referenced instead of written again."""
-    return zlib.crc32(data), zlib.adler32(data)
+def digest(data: bytes | bytearray | memoryview) -> str:
+    """XXH3-128 of a blob part: catches corruption and, with the length, identifies an
+    unchanged blob so it is referenced instead of written again. ~19 GB/s here, where
+    CRC-32 + Adler-32 cost more time than writing the data (70 ms per 100 MiB)."""
+    return str(xxhash.xxh3_128_hexdigest(data))
 
 
 def _body_crc(body: dict[str, Any]) -> int:

@@ -17,11 +17,14 @@ Serialising: one blob per variable, so one bad object never loses the rest.
   defaults (``recurse=False``, ``byref=False``): restored functions see the live namespace as
   their globals. A user class or function referenced from inside another dill blob (a base
   class, a decorated function) is stored as a reference by name, so identity survives.
-- A blob identical to the previous snapshot's (length, CRC-32, Adler-32) is referenced, not
-  written again: an unchanged 1 GiB array costs CPU in the child, not disk.
+- A blob identical to the previous snapshot's (length and XXH3-128 digest) is referenced, not
+  written again: an unchanged 1 GiB array costs CPU in the child, not disk. A function or
+  class the shell defined that is the very same, unchanged object as at the previous snapshot
+  (same worker, same ids of code, defaults, closure contents, class attributes) is not even
+  serialised again: dill is the slow part of a small namespace.
 
 Restoring: modules first, then dill blobs (retried while they wait on each other's names), then
-pickled data, which may reference the classes just restored. Each blob's CRC is checked before
+pickled data, which may reference the classes just restored. Each blob's digest is checked before
 anything is loaded; a corrupt snapshot is skipped for the previous good one, and the report says
 so. Shared references between two plain data variables come back as copies.
 
@@ -30,6 +33,7 @@ Imported only inside workers: the server never unpickles session bytes.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -54,7 +58,13 @@ from interp import snapfiles
 
 # Names IPython manages in the namespace: the output cache and input history.
 _CACHE_NAME = re.compile(r"^(_+|_\d+|_i+|_i\d+|_[ioh]h|_dh)$")
-_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range, frozenset)
+#: Values a cell cannot change in place (modules are restored by import, not by value).
+_INERT = (int, float, complex, str, bytes, bool, type(None), range, frozenset, types.ModuleType)
+#: Names through which a cell can reach the namespace without naming the value.
+_DYNAMIC = frozenset(
+    {"globals", "vars", "locals", "exec", "eval", "setattr", "delattr", "get_ipython",
+     "__import__", "__builtins__", "compile", "__dict__"}
+)  # fmt: skip
 #: Blobs smaller than this are always rewritten: sharing them would pin old packs.
 _SHARE_MIN = 64 * 1024
 
@@ -185,10 +195,14 @@ class _Blob:
     type: str
     parts: list[Any] = field(default_factory=list)  # bytes / memoryviews, in order
     module: str | None = None
-    sums: list[tuple[int, int, int]] = field(default_factory=list)  # (len, crc, adler)
+    sums: list[tuple[int, str]] = field(default_factory=list)  # (length, digest) per part
+    ident: str | None = None  # identity of an unchanged definition, see `_identity`
+    reused: dict[str, Any] | None = None  # the previous entry, when not serialised again
 
     @property
     def length(self) -> int:
+        if self.reused is not None:
+            return int(self.reused.get("length", 0))
         return sum(s[0] for s in self.sums)
 
 
@@ -237,9 +251,39 @@ def _serialise(
 
 
 def _same(blob: _Blob, old: dict[str, Any] | None) -> bool:
+    if blob.reused is not None:
+        return True
     if old is None or old.get("kind") != blob.kind or old.get("module") != blob.module:
         return False
-    return [tuple(p) for p in old.get("parts", [])] == [(s[0], s[1], s[2]) for s in blob.sums]
+    return [tuple(p) for p in old.get("parts", [])] == blob.sums
+
+
+def _identity(value: Any, epoch: str) -> str:
+    """Who a shell-defined function or class is, in this worker: equal only while it is the
+    same object with the same code, defaults, closure contents and class attributes."""
+    if isinstance(value, types.FunctionType):
+        cells = tuple(id(c.cell_contents) for c in value.__closure__ or () if _has_contents(c))
+        parts: tuple[Any, ...] = (
+            id(value),
+            value.__qualname__,
+            id(value.__code__),
+            snapfiles.digest(value.__code__.co_code),
+            id(value.__defaults__),
+            id(value.__kwdefaults__),
+            cells,
+            tuple((k, id(v)) for k, v in value.__dict__.items()),
+        )
+    else:
+        parts = (id(value), value.__qualname__, tuple((k, id(v)) for k, v in vars(value).items()))
+    return f"{epoch}:{snapfiles.digest(repr(parts).encode())}"
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
 
 
 def take_snapshot(
@@ -250,17 +294,27 @@ def take_snapshot(
     name: str | None,
     keep_auto: int,
     max_bytes: int,
+    epoch: str = "",
 ) -> dict[str, Any]:
-    """Serialise the namespace and write it as one snapshot; returns its summary."""
+    """Serialise the namespace and write it as one snapshot; returns its summary.
+    `epoch` names the worker process, so object ids are compared only within it."""
     started = time.perf_counter()
     main = shell.user_module
     ns = user_names(shell)
     refs = {id(v): k for k, v in ns.items() if _defined_in(v, main)}
+    previous = _previous_entries(folder)
     blobs: list[_Blob] = []
     skipped: list[dict[str, str]] = []
     failed: list[dict[str, str]] = []
     budget = max_bytes
     for var, value in ns.items():
+        ident = _identity(value, epoch) if epoch and _defined_in(value, main) else None
+        old = previous.get(var)
+        if ident is not None and old is not None and old.get("ident") == ident:
+            same = _Blob(var, "dill", str(old.get("type")), ident=ident, reused=old)
+            budget -= same.length
+            blobs.append(same)
+            continue
         try:
             blob, reason = _serialise(var, value, main, refs)
         except RecursionError:
@@ -272,7 +326,8 @@ def take_snapshot(
         if blob is None:
             skipped.append({"name": var, "type": _type_name(value), "reason": str(reason)})
             continue
-        blob.sums = [(len(p), *snapfiles.blob_sums(p)) for p in blob.parts]
+        blob.ident = ident
+        blob.sums = [(len(p), snapfiles.digest(p)) for p in blob.parts]
         if blob.length > budget:
             skipped.append(
                 {
@@ -286,9 +341,9 @@ def take_snapshot(
         budget -= blob.length
         blobs.append(blob)
     with snapfiles.locked(folder):
-        body = _write(folder, blobs, kind=kind, name=name, keep_auto=keep_auto)
+        body = _write(folder, blobs, previous, kind=kind, name=name)
         body["skipped"] = skipped
-        body["failed"] = failed
+        body["failed"] = failed = failed + body["failed"]
         body["execution_count"] = int(shell.execution_count) - 1
         if kind == "auto":
             target = snapfiles.auto_name(body["seq"])
@@ -318,16 +373,21 @@ def _previous_entries(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def _write(
-    folder: Path, blobs: list[_Blob], *, kind: str, name: str | None, keep_auto: int
+    folder: Path,
+    blobs: list[_Blob],
+    previous: dict[str, dict[str, Any]],
+    *,
+    kind: str,
+    name: str | None,
 ) -> dict[str, Any]:
     """Write the blobs that changed into a new pack (fsynced); return the manifest body."""
     seq = snapfiles.next_seq(folder)
-    previous = _previous_entries(folder)
-    # Reuse unchanged large blobs, unless most of the pack they live in is dead weight.
+    # Reuse unchanged large blobs and unchanged definitions, unless most of the pack they
+    # live in is dead weight (then they are copied into the new pack).
     reuse = {
         b.name: previous[b.name]
         for b in blobs
-        if b.length >= _SHARE_MIN and _same(b, previous.get(b.name))
+        if (b.length >= _SHARE_MIN or b.reused is not None) and _same(b, previous.get(b.name))
     }
     live: dict[str, int] = {}
     for old in reuse.values():
@@ -341,6 +401,7 @@ def _write(
             reuse = {k: e for k, e in reuse.items() if e["pack"] != pack}
     pack = snapfiles.pack_name(seq)
     entries: list[dict[str, Any]] = []
+    lost: list[dict[str, str]] = []  # reused definitions whose old copy could not be read
     written = 0
     fd = os.open(folder / pack, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -352,6 +413,15 @@ def _write(
             if blob.name in reuse:
                 entries.append(reuse[blob.name])
                 continue
+            if blob.reused is not None:  # its old pack is being let go: copy the bytes
+                try:
+                    blob.parts = _read_entry(folder, blob.reused)
+                except (_Corrupt, OSError) as exc:
+                    lost.append({"name": blob.name, "reason": f"its saved copy is bad: {exc}"})
+                    continue
+                blob.sums = [(int(n), str(d)) for n, d in blob.reused["parts"]]
+            if blob.ident is not None:
+                entry["ident"] = blob.ident
             if blob.parts:
                 entry.update(pack=pack, offset=offset, length=blob.length)
                 entry["parts"] = [list(s) for s in blob.sums]
@@ -375,6 +445,7 @@ def _write(
         "created": time.time(),
         "entries": entries,
         "written": written,
+        "failed": lost,
     }
 
 
@@ -402,16 +473,25 @@ def _read_parts(folder: Path, entry: dict[str, Any], files: dict[str, int]) -> l
             raise _Corrupt(f"{pack} is missing ({exc.strerror})") from None
     parts = []
     offset = int(entry["offset"])
-    for length, crc, adler in entry["parts"]:
+    for length, digest in entry["parts"]:
         buf = bytearray(length)
         got = os.preadv(fd, [buf], offset) if length else 0
         if got != length:
             raise _Corrupt(f"{pack} is truncated")
-        if snapfiles.blob_sums(buf) != (crc, adler):
+        if snapfiles.digest(buf) != digest:
             raise _Corrupt(f"{entry['name']!r} fails its checksum in {pack}")
         parts.append(buf)
         offset += length
     return parts
+
+
+def _read_entry(folder: Path, entry: dict[str, Any]) -> list[bytearray]:
+    files: dict[str, int] = {}
+    try:
+        return _read_parts(folder, entry, files)
+    finally:
+        for fd in files.values():
+            os.close(fd)
 
 
 def _load_manifest(folder: Path, path: Path) -> tuple[dict[str, Any], dict[str, list[bytearray]]]:
@@ -509,6 +589,10 @@ def _apply(shell: Any, body: dict[str, Any], data: dict[str, list[bytearray]]) -
 # -- the background writer ---------------------------------------------------------------
 
 
+def _new_epoch() -> str:
+    return f"{os.getpid()}-{os.urandom(4).hex()}"
+
+
 def fingerprint(ns: dict[str, Any]) -> dict[str, int]:
     return {name: id(value) for name, value in ns.items()}
 
@@ -527,6 +611,8 @@ class Snapshotter:
         self._child: int | None = None
         self._result_fd: int | None = None
         self._started = 0.0
+        self._kind = "auto"
+        self.epoch = _new_epoch()
 
     def configure(self, folder: str | None, keep_auto: int, max_bytes: int) -> None:
         self.folder = Path(folder) if folder else None
@@ -541,23 +627,39 @@ class Snapshotter:
                 os.close(self._result_fd)
         self._child = None
         self._result_fd = None
+        self.epoch = _new_epoch()  # the fork's objects are its own from now on
 
-    def mark_clean(self) -> None:
-        self._seen = fingerprint(user_names(self.shell))
-        self.dirty = False
-
-    def after_cell(self) -> list[str]:
+    def after_cell(self, code: str) -> list[str]:
         """Note what the cell may have changed; returns the names (re)bound or deleted."""
         ns = user_names(self.shell)
         now = fingerprint(ns)
         seen = self._seen
         changed = sorted(k for k in now.keys() | seen.keys() if now.get(k) != seen.get(k))
         self._seen = now
-        # Rebinding is visible by identity; in-place changes are not, so any mutable value
-        # counts as possibly changed.
-        if changed or any(not isinstance(v, (*_IMMUTABLE, types.ModuleType)) for v in ns.values()):
+        if changed or self._may_mutate(code):
             self.dirty = True
         return changed
+
+    def _may_mutate(self, code: str) -> bool:
+        """Could the cell have changed a value in place? Rebinding is seen by identity; an
+        in-place change (``rows.append(x)``, ``df["c"] = 0``) needs the value's name in the
+        code, or a call into the shell's own functions (which reach the namespace through
+        their globals), or dynamic access (globals(), exec, magics). Cells that only read
+        numbers and strings, or run code that names no mutable value, write nothing."""
+        try:
+            tree = ast.parse(self.shell.transform_cell(code))
+        except Exception:  # IPython syntax we cannot follow: assume the worst
+            return True
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        if names & _DYNAMIC:
+            return True
+        ns = self.shell.user_ns
+        main = self.shell.user_module
+        for name in names & ns.keys():
+            value = ns[name]
+            if value is main or value is sys or not isinstance(value, _INERT):
+                return True
+        return False
 
     @property
     def wait_fd(self) -> int | None:
@@ -571,6 +673,7 @@ class Snapshotter:
         if kind == "auto" and not self.dirty:
             return False
         self.dirty = False
+        self._kind = kind
         read_fd, write_fd = os.pipe()
         t0 = time.perf_counter()
         pid = os.fork()
@@ -601,6 +704,8 @@ class Snapshotter:
             code = os.waitstatus_to_exitcode(status)
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
             summary = {"ok": False, "error": f"the snapshot writer died ({why})"}
+        if not summary.get("ok") and self._kind == "auto":
+            self.dirty = True  # written by the next writer: after the next request, or at exit
         summary["event"] = "done"
         summary["elapsed_ms"] = round((time.monotonic() - self._started) * 1000, 3)
         self.report(summary)
@@ -643,6 +748,7 @@ def _writer_main(snap: Snapshotter, result_fd: int, kind: str, name: str | None)
                 name=name,
                 keep_auto=snap.keep_auto,
                 max_bytes=snap.max_bytes,
+                epoch=snap.epoch,
             )
             summary["ok"] = True
             status = 0

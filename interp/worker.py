@@ -152,8 +152,10 @@ class _Worker:
             if fd is not None:
                 ready = wait([self.conn, fd])
                 if fd in ready:
-                    self.snap.collect()
-                    self.snap.start()  # cells that finished meanwhile left it dirty
+                    # Cells that finished meanwhile left it dirty: write again now. A failed
+                    # writer is retried only after the next request, not in a loop.
+                    if self.snap.collect().get("ok"):
+                        self.snap.start()
                     continue
             _reap_forked()
             try:
@@ -194,7 +196,7 @@ class _Worker:
         shell = self.shell
         if op == protocol.OP_EXEC:
             reply = _execute(shell, self.capture, request, self.opts)
-            reply["changed"] = self.snap.after_cell()
+            reply["changed"] = self.snap.after_cell(request["code"])
             return reply
         if op == protocol.OP_COMPLETE:
             return shell_mod.complete(shell, request["code"], request["cursor_pos"])

@@ -431,3 +431,74 @@ async def test_snapshot_budget_skips_the_largest_and_says_so(tmp_path: Path) -> 
             "snapshot budget" in skipped[0]["reason"]
             and "--snapshot-max-mb" in skipped[0]["reason"]
         )
+
+
+async def settled_seq(client: Client) -> int:
+    """The newest snapshot's number once no writer runs. The ping is answered after any
+    writer start the worker announced, so a writer a cell started is seen as running."""
+    await client.call_tool("check_kernel_responsiveness", {})
+
+    async def idle() -> bool:
+        snap = (await session_info(client))["snapshot"]
+        return bool(snap) and not snap["writing"]
+
+    await wait_until(idle)
+    return int((await session_info(client))["snapshot"]["seq"])
+
+
+async def test_cells_that_cannot_change_state_write_no_snapshot(client: Client) -> None:
+    await run(client, "rows = [1, 2]\nlimit = 10\ndef total():\n    return sum(rows)")
+    seq = await settled_seq(client)
+    for quiet in ("1 + 1", "limit * 2", "print('hi')", "import math\ndel math"):
+        await run(client, quiet)
+    # `import math; del math` rebinds nothing in the end; the others name no mutable value.
+    assert await settled_seq(client) == seq
+    await run(client, "total()")  # calls a shell function: it could change anything
+    assert await settled_seq(client) > seq
+
+
+async def test_in_place_change_through_a_function_is_saved(client: Client) -> None:
+    await run(client, "data = []\ndef add(v):\n    data.append(v)")
+    await snapshot_covers(client, 1)
+    await run(client, "add(5)")
+    await snapshot_covers(client, 2)
+    r = await run(client, "import os; os._exit(1)")
+    assert r["recovery"]["lost"] == []
+    assert (await run(client, "data"))["result"] == "[5]"
+
+
+async def test_unchanged_definitions_are_reused_and_redefinitions_saved(client: Client) -> None:
+    await run(client, "def f():\n    return 1\nclass K:\n    tag = 'a'\nn = [0]")
+    await snapshot_covers(client, 1)
+    await run(client, "n.append(1)")
+    await snapshot_covers(client, 2)
+    written = (await session_info(client))["snapshot"]["bytes"]
+    assert written > 0
+    await run(client, "def f():\n    return 2\nK.tag = 'b'")
+    await snapshot_covers(client, 3)
+    r = await run(client, "import os; os._exit(1)")
+    assert r["recovery"]["lost"] == [] and r["recovery"]["failed"] == []
+    assert (await run(client, "f(), K.tag, n"))["result"] == "(2, 'b', [0, 1])"
+
+
+async def test_a_failed_snapshot_is_retried(client: Client, config: Config) -> None:
+    await run(client, "a = 1")
+    await snapshot_covers(client, 1)
+    folder = config.snapshots / "default"
+    moved = folder.with_name("moved")
+    folder.rename(moved)
+    folder.write_text("not a folder")  # the next writer cannot write
+    await run(client, "b = [2]")
+    notices: list[str] = []
+
+    async def told() -> bool:  # the failure is reported on the call after it happened
+        notices.extend((await run(client, "c = 3"))["notices"])
+        return any("saving a snapshot of this session failed" in n for n in notices)
+
+    await wait_until(told)
+    folder.unlink()
+    moved.rename(folder)
+    await client.call_tool("check_kernel_responsiveness", {})  # any request triggers the retry
+    await snapshot_covers(client, 3)
+    await run(client, "import os; os._exit(1)")
+    assert (await run(client, "a, b, c"))["result"] == "(1, [2], 3)"
