@@ -70,11 +70,13 @@ _SHARE_MIN = 64 * 1024
 
 
 def _live_types() -> dict[type, str]:
+    import _io
     import _thread
     import subprocess
 
     kinds: dict[type, str] = {
-        io.IOBase: "an open file",
+        # The C base of every io class: a plain type, so no slow ABC subclass check.
+        _io._IOBase: "an open file",
         _thread.LockType: "a lock",
         _thread.RLock: "a lock",
         threading.Thread: "a thread",
@@ -101,7 +103,8 @@ def _live_types() -> dict[type, str]:
 
 
 _LIVE = _live_types()
-_LIVE_EXACT: dict[type, str | None] = {}
+#: In-memory buffers pickle fine; they are not open files.
+_LIVE_EXACT: dict[type, str | None] = {io.BytesIO: None, io.StringIO: None}
 
 
 def live_reason(kind: type) -> str | None:
@@ -120,6 +123,9 @@ def live_reason(kind: type) -> str | None:
             break
     _LIVE_EXACT[kind] = reason
     return reason
+
+
+_SHELL_REASON = "the session's own shell: call get_ipython() again after a restore"
 
 
 def _skip_reason(what: str) -> str:
@@ -308,6 +314,9 @@ def take_snapshot(
     failed: list[dict[str, str]] = []
     budget = max_bytes
     for var, value in ns.items():
+        if value is shell:
+            skipped.append({"name": var, "type": "IPython shell", "reason": _SHELL_REASON})
+            continue
         ident = _identity(value, epoch) if epoch and _defined_in(value, main) else None
         old = previous.get(var)
         if ident is not None and old is not None and old.get("ident") == ident:
@@ -350,6 +359,7 @@ def take_snapshot(
         else:
             target = snapfiles.ckpt_name(str(name))
         snapfiles.atomic_write(folder / target, snapfiles.encode_manifest(body))
+        durable = time.perf_counter()  # the snapshot is safe from here on
         snapfiles.collect_garbage(folder, keep_auto)
     summary = snapfiles.summary(body)
     summary.update(
@@ -357,7 +367,8 @@ def take_snapshot(
         name=name,
         failed=failed,
         written=body.pop("written"),
-        ms=round((time.perf_counter() - started) * 1000, 3),
+        ms=round((durable - started) * 1000, 3),
+        gc_ms=round((time.perf_counter() - durable) * 1000, 3),
     )
     return summary
 
@@ -674,6 +685,8 @@ class Snapshotter:
             return False
         self.dirty = False
         self._kind = kind
+        for value in self.shell.user_ns.values():  # the writer inherits the answers
+            live_reason(type(value))
         read_fd, write_fd = os.pipe()
         t0 = time.perf_counter()
         pid = os.fork()

@@ -502,3 +502,11 @@ async def test_a_failed_snapshot_is_retried(client: Client, config: Config) -> N
     await snapshot_covers(client, 3)
     await run(client, "import os; os._exit(1)")
     assert (await run(client, "a, b, c"))["result"] == "(1, [2], 3)"
+
+
+async def test_buffers_are_data_but_the_shell_is_not(client: Client) -> None:
+    await run(client, "import io\nbuf = io.BytesIO(b'abc')\nbuf.seek(1)\nip = get_ipython()")
+    r = (await client.call_tool("restart_kernel", {"preserve_state": True})).structured_content
+    assert [s["name"] for s in r["recovery"]["skipped"]] == ["ip"]
+    assert "get_ipython()" in r["recovery"]["skipped"][0]["reason"]
+    assert (await run(client, "buf.read()"))["result"] == "b'bc'"
