@@ -658,9 +658,12 @@ class Snapshotter:
         their globals), or dynamic access (globals(), exec, magics). Cells that only read
         numbers and strings, or run code that names no mutable value, write nothing."""
         try:
-            tree = ast.parse(self.shell.transform_cell(code))
-        except Exception:  # IPython syntax we cannot follow: assume the worst
-            return True
+            tree = ast.parse(code)
+        except SyntaxError:  # magics, !commands, obj?: what IPython itself runs
+            try:
+                tree = ast.parse(self.shell.transform_cell(code))
+            except Exception:  # syntax we cannot follow: assume the worst
+                return True
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         if names & _DYNAMIC:
             return True
