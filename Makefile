@@ -36,10 +36,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## bench: the core benchmark against jupyter_client + ipykernel
+## bench: the core benchmark against jupyter_client + ipykernel, then the snapshot benchmark
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_snapshot.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
