@@ -51,26 +51,24 @@ def test_imports_flow_server_to_manager_to_session_to_worker() -> None:
     assert "session" not in interp_imports("spawner")
 
 
-def test_worker_import_pulls_in_no_fastmcp_or_rich() -> None:
-    code = (
-        "import sys, interp.worker, interp.preload, interp.launch, interp.shell\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('fastmcp', 'mcp', 'rich', 'pydantic', 'uvicorn', 'starlette', 'asyncio'))\n"
-        "assert not bad, bad"
-    )
+def loaded_after(imports: str) -> set[str]:
+    """Modules loaded by a fresh interpreter after `import <imports>`."""
+    code = f"import sys, {imports}\nprint(' '.join(sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_worker_import_pulls_in_no_fastmcp_or_rich() -> None:
+    loaded = loaded_after("interp.worker, interp.preload, interp.launch, interp.shell")
+    server_side = {"fastmcp", "mcp", "rich", "pydantic", "uvicorn", "starlette", "asyncio"}
+    assert not sorted(m for m in loaded if m.split(".")[0] in server_side)
 
 
 def test_server_never_loads_unpickling_code() -> None:
     """Session bytes are unpickled only inside workers (DESIGN §2)."""
-    code = (
-        "import sys, interp.server, interp.cli\n"
-        "bad = sorted(m for m in sys.modules if m == 'interp.snapshot' or m.startswith('dill'))\n"
-        "assert not bad, bad"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    loaded = loaded_after("interp.server, interp.cli")
+    assert not sorted(m for m in loaded if m == "interp.snapshot" or m.split(".")[0] == "dill")
 
 
 def test_package_root_exports_only_the_version() -> None:
