@@ -28,7 +28,7 @@ import logging
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,16 +204,9 @@ class Session:
         return dict(reply.get("restore") or {})
 
     async def _attach(self, worker: WorkerProcess, restore: str | None) -> dict[str, Any]:
-        limits = self.config.limits
-        _, fut = await worker.send(
-            protocol.OP_ATTACH,
-            folder=str(self.folder),
-            restore=restore,
-            keep_auto=limits.snapshot_keep,
-            max_bytes=limits.snapshot_max_bytes,
-        )
+        _, fut = await worker.send(protocol.OP_ATTACH, restore=restore, **self.snapshot_options())
         try:
-            reply = await asyncio.wait_for(asyncio.shield(fut), limits.restore_timeout)
+            reply = await asyncio.wait_for(asyncio.shield(fut), self.config.limits.restore_timeout)
         except (TimeoutError, WorkerExited) as exc:
             raise SessionUnavailable(
                 f"session {self.id!r}: restoring its snapshot failed ({exc or 'timed out'})"
@@ -316,15 +309,7 @@ class Session:
             raise InvalidRequest(f"session {self.id!r} has no checkpoint {name!r}")
         async with self._idle():
             await self._ensure_worker()
-            old, self.worker = self.worker, None
-            if old is not None:
-                await old.kill()
-            self._set_state(SessionState.STARTING)
-            try:
-                report = await self._adopt(restore=name)
-            finally:
-                self._set_state(SessionState.IDLE if self.worker else SessionState.STARTING)
-            self.restarts += 1
+            report = await self._swap_worker(restore=name)
             return self._recovery_info(report, f"checkpoint {name!r} was restored")
 
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -387,47 +372,61 @@ class Session:
         """Replace the worker. Without preserve_state all state is dropped (checkpoints
         stay); with it, a snapshot is taken first and restored in the new worker."""
         async with self._lock:
-            saved: dict[str, Any] | None = None
-            if preserve_state:
-                worker = await self._ensure_worker()
-                saved = await self._request(
-                    worker, protocol.OP_SNAPSHOT, self.config.limits.restore_timeout, kind="auto"
-                )
-                if not saved.get("ok"):
-                    raise InterpError(
-                        f"could not snapshot session {self.id!r} before the restart "
-                        f"({saved.get('error')}); nothing was restarted"
-                    )
-            old, self.worker = self.worker, None
-            if old is not None:
-                await old.kill()
-                self.restarts += 1
-            self._set_state(SessionState.STARTING)
             if not preserve_state:
-                self._changes.clear()
-                await asyncio.to_thread(self.drop_auto_snapshots)
-            report = await self._adopt(restore="auto" if preserve_state else None)
-            self._set_state(SessionState.IDLE)
-            if not preserve_state:
+                await self._swap_worker(restore=None, before=self._forget_state)
                 return None
+            worker = await self._ensure_worker()
+            saved = await self._request(
+                worker, protocol.OP_SNAPSHOT, self.config.limits.restore_timeout, kind="auto"
+            )
+            if not saved.get("ok"):
+                raise InterpError(
+                    f"could not snapshot session {self.id!r} before the restart "
+                    f"({saved.get('error')}); nothing was restarted"
+                )
+            report = await self._swap_worker(restore="auto")
             return self._recovery_info(report, "restart_kernel(preserve_state=true)")
 
-    async def fork(self, target: Session) -> dict[str, Any]:
+    async def _forget_state(self) -> None:
+        self._changes.clear()
+        await asyncio.to_thread(self.drop_auto_snapshots)
+
+    async def _swap_worker(
+        self,
+        restore: str | None,
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Kill the worker and adopt a fresh one that restores `restore` (lock held).
+        `before` runs between the two, while no worker exists."""
+        old, self.worker = self.worker, None
+        if old is not None:
+            await old.kill()
+            self.restarts += 1
+        self._set_state(SessionState.STARTING)
+        if before is not None:
+            await before()
+        # On failure the session stays STARTING without a worker: the next call starts
+        # one from the newest snapshot.
+        report = await self._adopt(restore=restore)
+        self._set_state(SessionState.IDLE)
+        return report
+
+    async def fork(self, target: Session) -> None:
         """Make `target` (new, without a worker) a copy-on-write fork of this live session."""
         async with self._idle():
             source = await self._ensure_worker()
-            limits = self.config.limits
             worker = WorkerProcess(self.config)
-            started = time.perf_counter()
-            await worker.fork_from(
-                source,
-                folder=str(target.folder),
-                keep_auto=limits.snapshot_keep,
-                max_bytes=limits.snapshot_max_bytes,
-            )
-            elapsed = (time.perf_counter() - started) * 1000
+            await worker.fork_from(source, **target.snapshot_options())
         target.adopt_fork(worker)
-        return {"pid": worker.pid, "ms": round(elapsed, 3)}
+
+    def snapshot_options(self) -> dict[str, Any]:
+        """Where and how a worker of this session writes its snapshots."""
+        limits = self.config.limits
+        return {
+            "folder": str(self.folder),
+            "keep_auto": limits.snapshot_keep,
+            "max_bytes": limits.snapshot_max_bytes,
+        }
 
     def adopt_fork(self, worker: WorkerProcess) -> None:
         worker.on_exit = self._on_worker_exit
