@@ -219,7 +219,6 @@ class _Worker:
     def _attach(self, request: dict[str, Any]) -> dict[str, Any]:
         """Bind to a session's snapshot folder; restore a snapshot first if asked."""
         self.snap.finish()
-        self.snap.configure(None, 0, 0)
         report: dict[str, Any] = {}
         folder = request.get("folder")
         which = request.get("restore")
