@@ -35,68 +35,47 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import platform
 import queue
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+from common import (
+    MIB,
+    REPO,
+    Report,
+    Stat,
+    arg_parser,
+    descendants,
+    git_state,
+    grid,
+    kill_pids,
+    note_lines,
+    print_load,
+    print_problems_and_save,
+    progress,
+    raise_on_sigterm,
+    scratch,
+    until,
+    wait_gone,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 MAIN = REPO / "main.py"
-MIB = 1024 * 1024
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
 # -- statistics and reporting ---------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..1), as numpy's default."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo = math.floor(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-@dataclass
-class Stat:
-    n: int
-    p50: float
-    p99: float
-    mean: float
-    min: float
-    max: float
-
-    @classmethod
-    def of(cls, values: list[float]) -> Stat:
-        if not values:
-            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-        return cls(
-            n=len(values),
-            p50=percentile(values, 0.5),
-            p99=percentile(values, 0.99),
-            mean=statistics.fmean(values),
-            min=min(values),
-            max=max(values),
-        )
 
 
 @dataclass
@@ -108,22 +87,6 @@ class Row:
     target: str = "-"
     passed: bool | None = None
     note: str = ""
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    def sample(self, key: str, values: list[float]) -> Stat:
-        self.samples[key] = [round(v, 6) for v in values]
-        return Stat.of(values)
-
-    def problem(self, text: str) -> None:
-        self.problems.append(text)
-        print(f"  ! {text}", flush=True)
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -159,24 +122,8 @@ def render_table(rows: list[Row]) -> str:
                 verdict,
             ]
         )
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-
-    def line(cells: list[str]) -> str:
-        return " | ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    sep = "-+-".join("-" * w for w in widths)
-    out = [line(head), sep, *(line(b) for b in body)]
-    notes = [f"  [{i + 1}] {r.metric}: {r.note}" for i, r in enumerate(rows) if r.note]
-    if notes:
-        out += ["", "notes:", *notes]
+    out = [*grid(head, body), *note_lines([(r.metric, r.note) for r in rows])]
     return "\n".join(out)
-
-
-def progress(text: str) -> None:
-    print(f"- {text}", flush=True)
 
 
 # -- process helpers ------------------------------------------------------------------------
@@ -226,52 +173,9 @@ def idle_activity(pids: list[int], seconds: float) -> tuple[float, float]:
     return cpu, wakes
 
 
-def descendants() -> dict[int, str]:
-    out: dict[int, str] = {}
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            out[child.pid] = " ".join(child.cmdline())[:120]
-    return out
-
-
-def kill_pids(pids: list[int]) -> None:
-    procs: list[psutil.Process] = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            p = psutil.Process(pid)
-            p.kill()
-            procs.append(p)
-    psutil.wait_procs(procs, timeout=5)
-
-
-def wait_gone(pids: set[int], deadline_s: float) -> set[int]:
-    """Poll until none of pids is alive (zombies count as gone); return the survivors."""
-    end = time.monotonic() + deadline_s
-    alive = set(pids)
-    while alive and time.monotonic() < end:
-        alive = {p for p in alive if _alive(p)}
-        if alive:
-            time.sleep(0.05)
-    return alive
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 # -- interp, in-process ---------------------------------------------------------------------
-
-
-async def _until(pred: Callable[[], bool], deadline_s: float, what: str) -> float:
-    start = time.perf_counter()
-    while not pred():
-        if time.perf_counter() - start > deadline_s:
-            raise TimeoutError(f"{what}: not within {deadline_s} s")
-        await asyncio.sleep(0.002)
-    return time.perf_counter() - start
 
 
 async def _timed(aw: Awaitable[Any], deadline_s: float) -> tuple[Any, float]:
@@ -291,7 +195,7 @@ async def interp_inprocess(args: argparse.Namespace, tmp: Path, report: Report) 
     manager = SessionManager(Config(workspace=tmp / "ws", snapshots=tmp / "snap"))
     try:
         await asyncio.wait_for(manager.start(), 60)
-        await _until(lambda: bool(manager.pool._spares), 30, "first spare worker")
+        await until(lambda: bool(manager.pool._spares), 30, "first spare worker", poll_s=0.002)
         report.extra["inprocess_startup_ms"] = (time.perf_counter() - t0) * 1000
         default = manager.get()
 
@@ -308,7 +212,7 @@ async def interp_inprocess(args: argparse.Namespace, tmp: Path, report: Report) 
             if out.status != "ok" or out.result != "2":
                 raise RuntimeError(f"unexpected result in {sid}: {out}")
             _, dms = await _timed(manager.delete(sid), 30)
-            rs = await _until(lambda: bool(manager.pool._spares), 30, "spare refill")
+            rs = await until(lambda: bool(manager.pool._spares), 30, "spare refill", poll_s=0.002)
             if i >= args.warmup_create:
                 create_ms.append(elapsed)
                 delete_ms.append(dms)
@@ -338,7 +242,7 @@ async def interp_inprocess(args: argparse.Namespace, tmp: Path, report: Report) 
             await s.execute("1+1", timeout=10)
             sessions.append(s)
         pids = [s.worker.pid for s in sessions if s.worker is not None and s.worker.pid]
-        await _until(lambda: bool(manager.pool._spares), 30, "spare refill")
+        await until(lambda: bool(manager.pool._spares), 30, "spare refill", poll_s=0.002)
         spare_pid = manager.pool._spares[0].pid
         if not await asyncio.to_thread(wait_quiet, pids, 15.0):
             report.problem("interp workers never went quiet within 15 s")
@@ -735,10 +639,7 @@ def build_rows(report: Report) -> list[Row]:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer iterations")
-    p.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
-    args = p.parse_args()
+    args = arg_parser(__doc__).parse_args()
     q = args.quick
     args.warmup_create = 3 if q else 10
     args.n_create = 20 if q else 100
@@ -755,52 +656,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def git_state() -> str:
-    """HEAD and whether interp/ has uncommitted changes: the code measured."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "interp", "main.py"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}{' + uncommitted changes in interp/' if dirty else ''}" or "unknown"
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def scratch() -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="interp-bench-"))
-    saved = {k: os.environ.get(k) for k in ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR")}
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(tmp / "jupyter-runtime")
-    os.environ["IPYTHONDIR"] = str(tmp / "ipython")
-    try:
-        yield tmp
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_on_sigterm()
     report = Report()
     report.extra["meta"] = {
         "python": sys.version.split()[0],
@@ -824,7 +682,8 @@ def main() -> int:
     report.extra["meta"]["git"] = git_state()
     report.extra["meta"]["loadavg_start"] = os.getloadavg()
     failed = False
-    with scratch() as tmp:
+    jupyter_dirs = {"JUPYTER_RUNTIME_DIR": "jupyter-runtime", "IPYTHONDIR": "ipython"}
+    with scratch("interp-bench-", jupyter_dirs) as tmp:
         before = set(descendants())
         try:
             asyncio.run(interp_inprocess(args, tmp, report))
@@ -871,8 +730,7 @@ def main() -> int:
         f"{meta.get('ipykernel')} | Python {meta['python']} | {meta['cpus']} CPUs | "
         f"{'quick' if args.quick else 'full'} run | git {meta['git']}"
     )
-    load = ", ".join(f"{x:.2f}" for x in (*meta["loadavg_start"][:1], *meta["loadavg_end"][:1]))
-    print(f"1-min load average at start, end: {load} (other work on the machine skews figures)")
+    print_load(meta)
     print(render_table(rows))
     extra = report.extra
     print()
@@ -882,19 +740,7 @@ def main() -> int:
         f"{extra.get('delete_session_ms', {}).get('p50', math.nan):.1f} ms; "
         f"MCP client exit p50 {extra.get('mcp_client_exit_ms', {}).get('p50', math.nan):.0f} ms"
     )
-    if report.problems:
-        print("\nproblems seen:")
-        for prob in report.problems:
-            print(f"  - {prob}")
-    if args.json:
-        payload = {
-            "rows": [asdict(r) for r in rows],
-            "samples": report.samples,
-            "extra": report.extra,
-            "problems": report.problems,
-        }
-        args.json.write_text(json.dumps(payload, indent=2, default=str))
-        print(f"\nwrote {args.json}")
+    print_problems_and_save(report, rows, args.json)
     return 1 if failed else 0
 
 
