@@ -75,7 +75,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-# -- statistics and reporting ---------------------------------------------------------------
+# -- the table ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -171,8 +171,6 @@ def idle_activity(pids: list[int], seconds: float) -> tuple[float, float]:
     cpu = statistics.fmean((cpu_seconds(p) - cpu0[p]) / dt * 100 for p in pids)
     wakes = statistics.fmean((voluntary_switches(p) - sw0[p]) / dt for p in pids)
     return cpu, wakes
-
-
 
 
 # -- interp, in-process ---------------------------------------------------------------------

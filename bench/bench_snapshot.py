@@ -61,27 +61,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import platform
 import random
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+from common import (
+    MIB,
+    REPO,
+    Report,
+    Stat,
+    alive_not_zombie,
+    arg_parser,
+    descendants,
+    git_state,
+    grid,
+    kill_pids,
+    note_lines,
+    print_load,
+    print_problems_and_save,
+    raise_on_sigterm,
+    scratch,
+    until,
+    wait_gone,
+)
+from common import progress as _progress
 
-REPO = Path(__file__).resolve().parent.parent
-MIB = 1024 * 1024
 MB = 1e6
 GB = 1e9
 
@@ -198,41 +212,7 @@ def dill_cell(expr: str) -> str:
     return f"exec({DILL_TIMER!r}, {{'obj': {expr}}})"
 
 
-# -- statistics and reporting ---------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..1), as numpy's default."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo = math.floor(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-@dataclass
-class Stat:
-    n: int
-    p50: float
-    p99: float
-    mean: float
-    min: float
-    max: float
-
-    @classmethod
-    def of(cls, values: list[float]) -> Stat:
-        if not values:
-            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-        return cls(
-            n=len(values),
-            p50=percentile(values, 0.5),
-            p99=percentile(values, 0.99),
-            mean=statistics.fmean(values),
-            min=min(values),
-            max=max(values),
-        )
+# -- the table ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -245,25 +225,6 @@ class Row:
     passed: bool | None = None
     note: str = ""
     higher_better: bool = False
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    def sample(self, key: str, values: Sequence[float]) -> Stat:
-        self.samples[key] = [round(float(v), 6) for v in values]
-        return Stat.of(list(values))
-
-    def stat(self, key: str) -> Stat | None:
-        return Stat.of(self.samples[key]) if self.samples.get(key) else None
-
-    def problem(self, text: str) -> None:
-        self.problems.append(text)
-        print(f"  ! {text}", file=sys.stderr, flush=True)
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -295,37 +256,19 @@ def render_table(rows: list[Row]) -> str:
                 ratio = f"{num / den:.2f}x"
         verdict = "-" if r.passed is None else ("PASS" if r.passed else "FAIL")
         body.append([r.measure, fmt(ip, r.unit), fmt(bp, r.unit), ratio, r.target, verdict])
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-
-    def line(cells: list[str]) -> str:
-        return " | ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    sep = "-+-".join("-" * w for w in widths)
-    out = [line(head), sep, *(line(b) for b in body)]
+    out = grid(head, body)
     out.append("")
     out.append("ratio: how many times better interp is than the baseline (> 1 = interp better)")
-    notes = [f"  [{i + 1}] {r.measure}: {r.note}" for i, r in enumerate(rows) if r.note]
-    if notes:
-        out += ["", "notes:", *notes]
+    out += note_lines([(r.measure, r.note) for r in rows])
     return "\n".join(out)
 
 
 def progress(text: str) -> None:
-    print(f"- {text}", file=sys.stderr, flush=True)
+    """Progress goes to stderr here: stdout is for the table."""
+    _progress(text, stderr=True)
 
 
 # -- process helpers ------------------------------------------------------------------------
-
-
-def descendants() -> dict[int, str]:
-    out: dict[int, str] = {}
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            out[child.pid] = " ".join(child.cmdline())[:120]
-    return out
 
 
 def helpers_of_ours() -> set[int]:
@@ -339,43 +282,7 @@ def helpers_of_ours() -> set[int]:
     return out
 
 
-def kill_pids(pids: list[int]) -> None:
-    procs: list[psutil.Process] = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            p = psutil.Process(pid)
-            p.kill()
-            procs.append(p)
-    psutil.wait_procs(procs, timeout=5)
-
-
-def alive_not_zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def wait_gone(pids: set[int], deadline_s: float) -> set[int]:
-    end = time.monotonic() + deadline_s
-    alive = set(pids)
-    while alive and time.monotonic() < end:
-        alive = {p for p in alive if alive_not_zombie(p)}
-        if alive:
-            time.sleep(0.05)
-    return alive
-
-
 # -- sessions -------------------------------------------------------------------------------
-
-
-async def _until(pred: Callable[[], bool], deadline_s: float, what: str) -> float:
-    start = time.perf_counter()
-    while not pred():
-        if time.perf_counter() - start > deadline_s:
-            raise TimeoutError(f"{what}: not within {deadline_s} s")
-        await asyncio.sleep(0.001)
-    return time.perf_counter() - start
 
 
 class SnapLog:
@@ -433,7 +340,7 @@ class SnapLog:
             return count is None or int(ev.get("execution_count") or -1) >= count
 
         ev = await self.first(mark, done, deadline_s, f"snapshot covering cell {count}")
-        await _until(lambda: not self.session.snapshot_running, deadline_s, "writer to end")
+        await until(lambda: not self.session.snapshot_running, deadline_s, "writer to end")
         return ev
 
 
@@ -459,7 +366,7 @@ async def run_settled(
 
 
 async def wait_spare(manager: SessionManager) -> None:
-    await _until(lambda: bool(manager.pool._spares), 60, "spare worker refill")
+    await until(lambda: bool(manager.pool._spares), 60, "spare worker refill")
 
 
 async def dill_baseline(
@@ -737,7 +644,7 @@ async def restore_bench(
     missing: set[str] = set()
     for _ in range(args.n_restore):
         await wait_spare(manager)
-        await _until(lambda: not session.snapshot_running, 60, "writer to end")
+        await until(lambda: not session.snapshot_running, 60, "writer to end")
         t0 = time.perf_counter()
         out = await run(session, CRASH, 60, expect="crashed")
         t1 = time.perf_counter()
@@ -770,7 +677,7 @@ async def fork_bench(
     fork_ms, wall_ms, delete_ms = [], [], []
     bad = 0
     for i in range(args.n_fork):
-        await _until(lambda: not session.snapshot_running, 60, "writer to end")
+        await until(lambda: not session.snapshot_running, 60, "writer to end")
         fid = f"fork-{i}"
         t0 = time.perf_counter()
         _, target, elapsed = await asyncio.wait_for(manager.fork(fid, session.id), 60)
@@ -1275,10 +1182,7 @@ def build_rows(report: Report) -> list[Row]:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer iterations")
-    p.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
-    args = p.parse_args()
+    args = arg_parser(__doc__).parse_args()
     q = args.quick
     args.n_disk = 3 if q else 5
     args.n_big = 3 if q else 9
@@ -1296,41 +1200,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def git_state() -> str:
-    """HEAD and whether interp/ has uncommitted changes: the code measured."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "interp", "main.py"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}{' + uncommitted changes in interp/' if dirty else ''}" or "unknown"
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def scratch() -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="interp-bench-snap-"))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 async def _bounded(args: argparse.Namespace, tmp: Path, report: Report) -> None:
     async with asyncio.timeout(args.deadline):
         await bench(args, tmp, report)
@@ -1338,8 +1207,8 @@ async def _bounded(args: argparse.Namespace, tmp: Path, report: Report) -> None:
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    report = Report()
+    raise_on_sigterm()
+    report = Report(problems_to_stderr=True)
     meta: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -1359,7 +1228,7 @@ def main() -> int:
     report.extra["meta"] = meta
     failed = False
     started = time.perf_counter()
-    with scratch() as tmp:
+    with scratch("interp-bench-snap-") as tmp:
         before = set(descendants())
         try:
             asyncio.run(_bounded(args, tmp, report))
@@ -1387,22 +1256,9 @@ def main() -> int:
         f"{meta['cpus']} CPUs, {meta['mem_gib']} GiB | {'quick' if args.quick else 'full'} run "
         f"| {meta['duration_s']:.0f} s | git {meta['git']}"
     )
-    load = ", ".join(f"{x:.2f}" for x in (meta["loadavg_start"][0], meta["loadavg_end"][0]))
-    print(f"1-min load average at start, end: {load} (other work on the machine skews figures)")
+    print_load(meta)
     print(render_table(rows))
-    if report.problems:
-        print("\nproblems seen:")
-        for prob in report.problems:
-            print(f"  - {prob}")
-    if args.json:
-        payload = {
-            "rows": [asdict(r) for r in rows],
-            "samples": report.samples,
-            "extra": report.extra,
-            "problems": report.problems,
-        }
-        args.json.write_text(json.dumps(payload, indent=2, default=str))
-        print(f"\nwrote {args.json}")
+    print_problems_and_save(report, rows, args.json)
     return 1 if failed else 0
 
 
