@@ -45,6 +45,10 @@ class Limits:
     restore_timeout: float = 300.0
     #: At shutdown, how long idle sessions get to finish writing their last snapshot.
     shutdown_flush: float = 5.0
+    #: After a worker dies, how long its snapshot writer gets to finish before the restore.
+    writer_grace: float = 5.0
+    #: Longest one variable may take to serialise; slower ones are skipped and reported.
+    snapshot_var_seconds: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import enum
 import functools
 import itertools
 import logging
+import os
 import shutil
 import signal
 import time
@@ -35,7 +36,7 @@ from typing import Any
 from interp import protocol, snapfiles
 from interp.config import Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
-from interp.spawner import WorkerExited, WorkerPool, WorkerProcess, describe_exit
+from interp.spawner import WorkerExited, WorkerPool, WorkerProcess, describe_exit, wait_readable
 
 log = logging.getLogger("interp.session")
 _exec_ids = itertools.count(1)
@@ -126,6 +127,7 @@ class Session:
         self.snapshot: dict[str, Any] | None = None
         self.snapshot_running = False
         self.snapshot_pid: int | None = None  # the writer child while one runs
+        self._writer_fd: int | None = None  # its pidfd
         #: How long the last snapshot paused the session (the fork), milliseconds.
         self.snapshot_pause_ms: float | None = None
         self._changes: dict[int, list[str]] = {}  # cell number -> names it (re)bound
@@ -174,6 +176,7 @@ class Session:
         if worker is not None:
             worker.close()
             self.restarts += 1
+            await self._settle_writer(self.config.limits.writer_grace)
         self._set_state(SessionState.STARTING)
         # Always from the newest snapshot: a new session simply has none.
         report = await self._adopt(restore="auto")
@@ -194,7 +197,6 @@ class Session:
         worker.on_exit = self._on_worker_exit
         worker.on_snapshot = functools.partial(self._on_snapshot, worker)
         self.worker = worker
-        self.snapshot_running = False
         try:
             reply = await self._attach(worker, restore)
         except BaseException:
@@ -221,12 +223,11 @@ class Session:
         if worker is not self.worker:
             return
         if message.get("event") == "start":
+            self._track_writer(message.get("pid"))
             self.snapshot_running = True
-            self.snapshot_pid = message.get("pid")
             self.snapshot_pause_ms = message.get("pause_ms")
             return
-        self.snapshot_running = False
-        self.snapshot_pid = None
+        self._release_writer()
         if not message.get("ok"):
             error = message.get("error", "unknown error")
             log.warning("session %s: snapshot failed: %s", self.id, error)
@@ -249,6 +250,35 @@ class Session:
                 "not in snapshots, so lost if the session crashes or restarts: "
                 + "; ".join(f"{n} ({unsaved[n]})" for n in new)
             )
+
+    def _track_writer(self, pid: Any) -> None:
+        """The writer runs in its own process group (it outlives a crashed worker to finish
+        its snapshot): hold a pidfd to wait for it or kill it."""
+        self._release_writer()
+        if not isinstance(pid, int):
+            return
+        self.snapshot_pid = pid
+        with contextlib.suppress(OSError):  # already gone: nothing to track
+            self._writer_fd = os.pidfd_open(pid)
+
+    def _release_writer(self) -> None:
+        if self._writer_fd is not None:
+            os.close(self._writer_fd)
+        self._writer_fd = None
+        self.snapshot_pid = None
+        self.snapshot_running = False
+
+    async def _settle_writer(self, grace: float) -> None:
+        """The worker is gone: give its writer `grace` seconds to finish the snapshot it was
+        writing (so that cell is not lost), then make sure it is gone."""
+        fd = self._writer_fd
+        if fd is None:
+            return
+        if grace > 0 and await wait_readable(fd, grace):
+            log.info("session %s: the snapshot writer finished after the worker died", self.id)
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        self._release_writer()
 
     def _latest_on_disk(self) -> dict[str, Any] | None:
         for path in snapfiles.auto_manifests(self.folder):
@@ -364,6 +394,7 @@ class Session:
         worker, self.worker = self.worker, None
         if worker is not None:
             await worker.kill()
+        await self._settle_writer(0)
         if self._cleanup is not None:
             self._cleanup.cancel()
         self._set_state(SessionState.DEAD)
@@ -402,6 +433,7 @@ class Session:
         if old is not None:
             await old.kill()
             self.restarts += 1
+        await self._settle_writer(0)  # it would write the state being replaced
         self._set_state(SessionState.STARTING)
         if before is not None:
             await before()
@@ -426,6 +458,7 @@ class Session:
             "folder": str(self.folder),
             "keep_auto": limits.snapshot_keep,
             "max_bytes": limits.snapshot_max_bytes,
+            "var_seconds": limits.snapshot_var_seconds,
         }
 
     def adopt_fork(self, worker: WorkerProcess) -> None:
@@ -583,6 +616,7 @@ class Session:
     async def _replace(self, worker: WorkerProcess, outcome: ExecOutcome, why: str) -> None:
         """After a crash or a kill: a fresh worker that restores the newest snapshot."""
         await worker.kill()
+        await self._settle_writer(self.config.limits.writer_grace)
         try:
             report = await self._adopt(restore="auto")
         except InterpError as exc:

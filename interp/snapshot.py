@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,29 @@ def _type_name(value: Any) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
+class _TooSlow(BaseException):
+    """BaseException: the C-pickle attempt's ``except Exception`` must not swallow it (dill
+    would then run the same slow code again, with no timer left)."""
+
+
+def _too_slow(signum: int, frame: Any) -> None:
+    raise _TooSlow
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    if seconds <= 0:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _too_slow)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _defined_in(value: Any, main: Any) -> bool:
     """A function or class the shell itself defined (pickled by value, with dill)."""
     return isinstance(value, types.FunctionType | type) and (
@@ -301,9 +324,12 @@ def take_snapshot(
     keep_auto: int,
     max_bytes: int,
     epoch: str = "",
+    var_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Serialise the namespace and write it as one snapshot; returns its summary.
-    `epoch` names the worker process, so object ids are compared only within it."""
+    `epoch` names the worker process, so object ids are compared only within it.
+    `var_seconds` > 0 bounds the time one variable may take to serialise (SIGALRM: only
+    in a writer child), so a pathological ``__reduce__`` cannot stall every snapshot."""
     started = time.perf_counter()
     main = shell.user_module
     ns = user_names(shell)
@@ -325,7 +351,12 @@ def take_snapshot(
             blobs.append(same)
             continue
         try:
-            blob, reason = _serialise(var, value, main, refs)
+            with _time_limit(var_seconds):
+                blob, reason = _serialise(var, value, main, refs)
+        except _TooSlow:
+            why = f"took over {var_seconds:g} s to serialise (skipped; see its __reduce__)"
+            failed.append({"name": var, "reason": why})
+            continue
         except RecursionError:
             failed.append({"name": var, "reason": "too deeply nested to serialise"})
             continue
@@ -617,6 +648,7 @@ class Snapshotter:
         self.folder: Path | None = None
         self.keep_auto = 3
         self.max_bytes = 2 * 2**30
+        self.var_seconds = 0.0
         self.dirty = False
         self._seen: dict[str, int] = {}
         self._child: int | None = None
@@ -625,10 +657,13 @@ class Snapshotter:
         self._kind = "auto"
         self.epoch = _new_epoch()
 
-    def configure(self, folder: str | None, keep_auto: int, max_bytes: int) -> None:
+    def configure(
+        self, folder: str | None, keep_auto: int, max_bytes: int, var_seconds: float = 0.0
+    ) -> None:
         self.folder = Path(folder) if folder else None
         self.keep_auto = keep_auto
         self.max_bytes = max_bytes
+        self.var_seconds = var_seconds
         self._seen = fingerprint(user_names(self.shell))
 
     def reset_after_fork(self) -> None:
@@ -749,7 +784,11 @@ class Snapshotter:
 def _writer_main(snap: Snapshotter, result_fd: int, kind: str, name: str | None) -> None:
     status = 1
     try:
-        # The session's interrupts and terminate rung are not for us; output goes nowhere.
+        # Its own process group: a crash of the worker (and the kill of the worker's group
+        # that follows) must not take a half-written snapshot with it. The server tracks
+        # this pid, lets it finish before restoring, and kills it when the session goes.
+        os.setpgid(0, 0)
+        # The session's interrupts are not for us; output goes nowhere.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit fails the write
         null = os.open(os.devnull, os.O_WRONLY)
@@ -765,6 +804,7 @@ def _writer_main(snap: Snapshotter, result_fd: int, kind: str, name: str | None)
                 keep_auto=snap.keep_auto,
                 max_bytes=snap.max_bytes,
                 epoch=snap.epoch,
+                var_seconds=snap.var_seconds,
             )
             summary["ok"] = True
             status = 0

@@ -32,7 +32,14 @@ from interp.worker import worker_main
 
 log = logging.getLogger("interp.spawner")
 
-__all__ = ["WorkerExited", "WorkerPool", "WorkerProcess", "describe_exit", "start_forkserver"]
+__all__ = [
+    "WorkerExited",
+    "WorkerPool",
+    "WorkerProcess",
+    "describe_exit",
+    "start_forkserver",
+    "wait_readable",
+]
 
 _ids = itertools.count(1)
 
@@ -407,6 +414,25 @@ class WorkerProcess:
                 return f.read(limit).strip()
         except OSError:
             return ""
+
+
+async def wait_readable(fd: int, timeout: float) -> bool:
+    """Wait until fd is readable (a pidfd: the process ended); False on timeout."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await asyncio.wait_for(done, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
 
 
 def _zombie_exitcode(pid: int | None) -> int | None:

@@ -228,10 +228,19 @@ class _Worker:
             from interp.snapshot import restore
 
             report = restore(self.shell, Path(folder), str(which))
-        self.snap.configure(folder, int(request["keep_auto"]), int(request["max_bytes"]))
+        self._configure_snapshots(request)
         # A checkpoint restored is the new state: snapshot it, so a crash comes back to it.
         self.snap.dirty = bool(report.get("found")) and which != "auto"
         return {"restore": report}
+
+    def _configure_snapshots(self, request: dict[str, Any]) -> None:
+        """Apply the session's snapshot options (Session.snapshot_options)."""
+        self.snap.configure(
+            request.get("folder"),
+            int(request["keep_auto"]),
+            int(request["max_bytes"]),
+            float(request.get("var_seconds") or 0.0),
+        )
 
     def _fork(self, request: dict[str, Any]) -> dict[str, Any]:
         """Fork this worker into a new session (see the module docstring)."""
@@ -262,7 +271,7 @@ class _Worker:
         limit = int(self.opts["output_chars"])
         self.capture = OutputCapture(limit, self.channel.send_output, pipes)
         _enable_faulthandler(request["fault_path"])
-        self.snap.configure(request["folder"], int(request["keep_auto"]), int(request["max_bytes"]))
+        self._configure_snapshots(request)
         self.channel.send({"op": protocol.OP_READY, "id": request["token"], "pid": os.getpid()})
         self.snap.dirty = True
         self.snap.start()  # the fork's own first snapshot, so it survives a crash too

@@ -161,21 +161,50 @@ async def test_worker_killed_while_idle_comes_back_with_state(client: Client) ->
     assert any("died while idle" in n for n in r["notices"])
 
 
-async def test_names_bound_after_the_last_snapshot_are_reported_lost(client: Client) -> None:
-    await run(client, "early = 1")
-    await snapshot_covers(client, 1)
-    # A value whose pickling takes seconds keeps the next snapshot from finishing in time.
-    slow = (
-        "import time\nclass Slow:\n    def __reduce__(self):\n        time.sleep(30)\n"
+def slow_cell(seconds: float) -> str:
+    """A value whose pickling takes `seconds`, bound with another name after it."""
+    return (
+        f"import time\nclass Slow:\n    def __reduce__(self):\n        time.sleep({seconds})\n"
         "        return (Slow, ())\nslow = Slow()\nlate = 2"
     )
-    await run(client, slow)
-    raw = await client.call_tool("run_python_code", {"code": "import os; os._exit(1)"})
+
+
+async def test_names_bound_after_the_last_snapshot_are_reported_lost(tmp_path: Path) -> None:
+    config = make_config(tmp_path, limits=Limits(writer_grace=0.3))
+    async with Client(create_server(config)) as client:
+        await run(client, "early = 1")
+        await snapshot_covers(client, 1)
+        # The next writer cannot finish within the grace the crash gives it.
+        await run(client, slow_cell(30))
+        raw = await client.call_tool("run_python_code", {"code": "import os; os._exit(1)"})
     r = raw.structured_content
     assert r["recovery"]["restored"] == ["early"]
     assert r["recovery"]["lost"] == ["Slow", "late", "slow", "time"]
     assert r["state_lost"] is True
     assert "lost (changed after that snapshot): Slow, late, slow, time" in raw.content[0].text
+
+
+async def test_a_crash_lets_the_running_writer_finish(client: Client) -> None:
+    await run(client, "early = 1")
+    await snapshot_covers(client, 1)
+    await run(client, slow_cell(1.0))
+    await client.call_tool("check_kernel_responsiveness", {})  # the writer start is seen
+    assert (await session_info(client))["snapshot"]["writing"]
+    r = await run(client, "import os; os._exit(1)")
+    # The writer outlived the worker (own process group) and its snapshot was restored.
+    assert r["recovery"]["lost"] == [] and not r["state_lost"], r["recovery"]
+    assert {"early", "late", "slow", "Slow"} <= set(r["recovery"]["restored"])
+
+
+async def test_a_variable_too_slow_to_serialise_is_skipped(tmp_path: Path) -> None:
+    config = make_config(tmp_path, limits=Limits(snapshot_var_seconds=0.3))
+    async with Client(create_server(config)) as client:
+        await run(client, slow_cell(30))
+        await snapshot_covers(client, 1)
+        r = await run(client, "import os; os._exit(1)")
+        assert "late" in r["recovery"]["restored"]
+        failed = {f["name"]: f["reason"] for f in r["recovery"]["skipped"]}
+        assert "took over 0.3 s to serialise" in failed["slow"]
 
 
 async def test_server_restart_revives_dormant_sessions(config: Config) -> None:
