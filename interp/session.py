@@ -278,6 +278,8 @@ class Session:
             log.info("session %s: the snapshot writer finished after the worker died", self.id)
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(fd, signal.SIGKILL)
+            # Gone before anyone deletes or replaces the files it was writing.
+            await wait_readable(fd, 2.0)
         self._release_writer()
 
     def _latest_on_disk(self) -> dict[str, Any] | None:

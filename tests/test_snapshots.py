@@ -21,7 +21,7 @@ from interp import snapfiles
 from interp.config import Config, Limits
 from interp.server import create_server
 from interp.snapshot import restore
-from tests.conftest import ROOT, make_config, run, wait_until
+from tests.conftest import ROOT, alive, make_config, run, wait_until, worker_pids
 
 EVERY_KIND = """
 import dataclasses, functools, threading, numpy as np, pandas as pd
@@ -539,3 +539,18 @@ async def test_buffers_are_data_but_the_shell_is_not(client: Client) -> None:
     assert [s["name"] for s in r["recovery"]["skipped"]] == ["ip"]
     assert "get_ipython()" in r["recovery"]["skipped"][0]["reason"]
     assert (await run(client, "buf.read()"))["result"] == "b'bc'"
+
+
+async def test_deleting_a_session_stops_its_writer_before_removing_its_files(
+    client: Client, config: Config, tmp_path: Path
+) -> None:
+    await client.call_tool("create_session", {"session_id": "doomed"})
+    await run(client, slow_cell(30), session_id="doomed")
+    await client.call_tool("check_kernel_responsiveness", {"session_id": "doomed"})
+    info = await session_info(client, "doomed")
+    assert info["snapshot"] is None  # its first snapshot is still being written
+    before = alive(worker_pids(tmp_path))
+    await client.call_tool("delete_session", {"session_id": "doomed"})
+    gone = before - alive(worker_pids(tmp_path))
+    assert info["pid"] in gone and len(gone) == 2, gone  # the worker and its writer
+    assert not (config.snapshots / "doomed").exists()
