@@ -134,7 +134,8 @@ class Session:
         self._unsaved: set[str] = set()  # names the last snapshot skipped or failed
         self._recovery: dict[str, Any] | None = None  # a revival's report, for the next cell
         if dormant:
-            self.snapshot = self._latest_on_disk()
+            newest = snapfiles.newest_auto(self.folder)
+            self.snapshot = snapfiles.summary(newest) if newest else None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -281,14 +282,6 @@ class Session:
             # Gone before anyone deletes or replaces the files it was writing.
             await wait_readable(fd, 2.0)
         self._release_writer()
-
-    def _latest_on_disk(self) -> dict[str, Any] | None:
-        for path in snapfiles.auto_manifests(self.folder):
-            try:
-                return snapfiles.summary(snapfiles.read_manifest(path))
-            except snapfiles.ManifestError:
-                continue
-        return None
 
     def _recovery_info(self, report: dict[str, Any], why: str) -> dict[str, Any]:
         """What a restore brought back and what it could not, for the agent."""

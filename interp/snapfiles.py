@@ -126,6 +126,16 @@ def auto_manifests(folder: Path) -> list[Path]:
     return sorted(_matching(folder, _AUTO), reverse=True)
 
 
+def newest_auto(folder: Path) -> dict[str, Any] | None:
+    """The body of the newest readable automatic snapshot, if any."""
+    for path in auto_manifests(folder):
+        try:
+            return read_manifest(path)
+        except ManifestError:
+            continue
+    return None
+
+
 def checkpoint_manifests(folder: Path) -> dict[str, Path]:
     return {m.group(1): folder / m.group(0) for m in _matches(folder, _CKPT)}
 

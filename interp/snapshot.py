@@ -405,13 +405,8 @@ def take_snapshot(
 
 
 def _previous_entries(folder: Path) -> dict[str, dict[str, Any]]:
-    for path in snapfiles.auto_manifests(folder):
-        try:
-            body = snapfiles.read_manifest(path)
-        except snapfiles.ManifestError:
-            continue
-        return {e["name"]: e for e in body.get("entries", [])}
-    return {}
+    body = snapfiles.newest_auto(folder) or {}
+    return {e["name"]: e for e in body.get("entries", [])}
 
 
 def _write(
@@ -457,7 +452,7 @@ def _write(
                 continue
             if blob.reused is not None:  # its old pack is being let go: copy the bytes
                 try:
-                    blob.parts = _read_entry(folder, blob.reused)
+                    blob.parts = _read_entries(folder, [blob.reused])[blob.name]
                 except (_Corrupt, OSError) as exc:
                     lost.append({"name": blob.name, "reason": f"its saved copy is bad: {exc}"})
                     continue
@@ -527,10 +522,11 @@ def _read_parts(folder: Path, entry: dict[str, Any], files: dict[str, int]) -> l
     return parts
 
 
-def _read_entry(folder: Path, entry: dict[str, Any]) -> list[bytearray]:
+def _read_entries(folder: Path, entries: list[dict[str, Any]]) -> dict[str, list[bytearray]]:
+    """Every entry's parts, each checked against its digest; each pack opened once."""
     files: dict[str, int] = {}
     try:
-        return _read_parts(folder, entry, files)
+        return {e["name"]: _read_parts(folder, e, files) for e in entries}
     finally:
         for fd in files.values():
             os.close(fd)
@@ -539,13 +535,7 @@ def _read_entry(folder: Path, entry: dict[str, Any]) -> list[bytearray]:
 def _load_manifest(folder: Path, path: Path) -> tuple[dict[str, Any], dict[str, list[bytearray]]]:
     """The body and every blob's bytes, all checked; ManifestError/_Corrupt if any is bad."""
     body = snapfiles.read_manifest(path)
-    files: dict[str, int] = {}
-    try:
-        data = {e["name"]: _read_parts(folder, e, files) for e in body.get("entries", [])}
-    finally:
-        for fd in files.values():
-            os.close(fd)
-    return body, data
+    return body, _read_entries(folder, body.get("entries", []))
 
 
 def restore(shell: Any, folder: Path, which: str) -> dict[str, Any]:
