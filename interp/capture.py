@@ -107,6 +107,13 @@ class _Stream:
         if text:
             self.buffer.add(text)
 
+    def flush_decoder(self) -> None:
+        """End of a cell: a character it left incomplete is its own (as U+FFFD), not glued
+        to the first bytes of the next cell's output."""
+        text = self.decoder.decode(b"", final=True)
+        if text:
+            self.buffer.add(text)
+
     def receive(self, data: bytes) -> bool:
         """Take bytes from the pipe; True when this cell's sentinel was seen."""
         token = self.token
@@ -219,6 +226,7 @@ class OutputCapture:
         """Close the cell's buffers (lock held) and return their tails and counts."""
         out: dict[str, dict[str, object]] = {}
         for name, stream in self._streams.items():
+            stream.flush_decoder()
             buf = stream.buffer
             self._flush_head(name, stream)
             out[name] = {"tail": buf.tail_text(), "dropped": buf.dropped}

@@ -5,6 +5,10 @@ inherited the server's fds, and under stdio fd 1 is the protocol pipe: no import
 or warning may reach the client), builds and warms the IPython shell, imports the configured
 heavy modules, then ``gc.freeze()`` so forked workers do not dirty the shared pages.
 
+The forkserver is also the subreaper of the workers' orphans (`interp.reaper`): what a dead
+worker left behind lands here for the server to sweep up, and when the server goes away (the
+forkserver then exits) everything below the forkserver is killed on the way out.
+
 Importing it anywhere else does nothing: the server sets ``_INTERP_FORKSERVER=1`` only in the
 environment it starts the forkserver with.
 """
@@ -19,12 +23,25 @@ if os.environ.get("_INTERP_FORKSERVER") == "1":
     os.close(_null)
     os.dup2(2, 1)
 
+    import atexit
     import gc
     import importlib
     import sys
     import traceback
+    import warnings
 
-    from interp import launch, snapshot, worker  # noqa: F401  (launch: unpickled by every child)
+    from interp import launch, reaper, snapshot, worker  # noqa: F401  (launch: unpickled by children)
+
+    reaper.become_subreaper()
+    # Orphans it adopted and reaps are no surprise here.
+    warnings.filterwarnings("ignore", "forkserver: waitpid returned unexpected pid")
+    _FORKSERVER_PID = os.getpid()
+
+    def _kill_everything_below() -> None:
+        if os.getpid() == _FORKSERVER_PID:  # not in a forked child that exits normally
+            reaper.kill_tree(_FORKSERVER_PID)
+
+    atexit.register(_kill_everything_below)
 
     try:
         from interp.shell import build_shell

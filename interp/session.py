@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from interp import protocol, snapfiles
+from interp import protocol, snapfiles, spawner
 from interp.config import Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
 from interp.spawner import WorkerExited, WorkerPool, WorkerProcess, describe_exit, wait_readable
@@ -259,6 +259,7 @@ class Session:
         if not isinstance(pid, int):
             return
         self.snapshot_pid = pid
+        spawner.protect(pid)  # not an orphan to sweep: it finishes even after a crash
         with contextlib.suppress(OSError):  # already gone: nothing to track
             self._writer_fd = os.pidfd_open(pid)
 
@@ -266,6 +267,8 @@ class Session:
         if self._writer_fd is not None:
             os.close(self._writer_fd)
         self._writer_fd = None
+        if self.snapshot_pid is not None:
+            spawner.unprotect(self.snapshot_pid)
         self.snapshot_pid = None
         self.snapshot_running = False
 

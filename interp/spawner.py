@@ -5,8 +5,13 @@
   held lock.
 - `WorkerProcess` is one worker: its process, the asyncio side of its channel (requests keyed
   by id; a late reply to an abandoned request is dropped, never handed to the next caller),
-  the output it streams, and the watch on its exit through the process sentinel.
+  the output it streams, and the watch on its exit through a pidfd. Not the multiprocessing
+  sentinel: that is the forkserver's pipe, which also fires when user code kills the
+  forkserver (every worker would look dead) and not at all while the forkserver is stopped.
 - `WorkerPool` keeps pre-forked, ready spares so a new session never waits for a fork.
+- Leftovers: what a dead worker started (a double-forked daemon included) is re-parented to
+  the forkserver, a subreaper (`interp.reaper`). After every worker exit, `sweep_orphans`
+  kills each forkserver child that is not a live worker or a snapshot writer still finishing.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any
 
-from interp import protocol
+from interp import protocol, reaper
 from interp.config import Config
 from interp.errors import ProtocolError, SessionUnavailable
 from interp.launch import CTX, WorkerProcessHandle, start_forkserver
@@ -37,11 +43,62 @@ __all__ = [
     "WorkerPool",
     "WorkerProcess",
     "describe_exit",
+    "protect",
     "start_forkserver",
+    "sweep_orphans",
+    "unprotect",
     "wait_readable",
 ]
 
 _ids = itertools.count(1)
+#: Pids of live workers of this server: never swept. Spares and forked sessions included.
+_live: set[int] = set()
+#: Processes that must survive the sweep though no worker owns them any more: a snapshot
+#: writer finishing after its worker died (its session tracks it).
+_protected: set[int] = set()
+#: Workers being forked right now, whose pid the forkserver has not reported yet.
+_starting = 0
+
+
+def protect(pid: int) -> None:
+    _protected.add(pid)
+
+
+def unprotect(pid: int) -> None:
+    _protected.discard(pid)
+
+
+def _forkserver_pid() -> int | None:
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def _sweep_now() -> int:
+    root = _forkserver_pid()
+    if root is None:
+        return 0
+    keep = _live | _protected
+    killed = 0
+    for pid in reaper.children(root):
+        if pid not in keep:
+            killed += reaper.kill_tree(pid, exclude=keep, include_root=True)
+    return killed
+
+
+async def sweep_orphans(wait: float = 10.0) -> int:
+    """Kill what dead workers left behind (see the module docstring); returns how many."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while _starting and loop.time() < deadline:
+        # A child the forkserver just forked is not known yet: it must not look orphaned.
+        await asyncio.sleep(0.005)
+    if _starting:
+        return 0  # the next sweep (every worker exit triggers one) catches them
+    killed = await asyncio.to_thread(_sweep_now)
+    if killed:
+        log.info("killed %d process(es) left behind by ended workers", killed)
+    return killed
 
 
 class WorkerExited(Exception):
@@ -103,7 +160,8 @@ class WorkerProcess:
         self._rids = itertools.count(1)
         self._drain_fds: dict[str, int] = {}
         self._sentinel: int | None = None
-        self._pidfd: int | None = None  # forked sessions: not our child, watched by pidfd
+        self._pidfd: int | None = None  # readable once the process has exited
+        self._sweep: asyncio.Task[int] | None = None  # the sweep after this worker's exit
         #: Called with each "snap" frame: the snapshot writer started or finished.
         self.on_snapshot: Callable[[dict[str, Any]], None] | None = None
 
@@ -145,26 +203,46 @@ class WorkerProcess:
         process = WorkerProcessHandle(
             target=worker_main, args=(child, opts), name=f"interp-{self.token}"
         )
+        global _starting
+        _starting += 1
         try:
             # start() blocks until the forkserver has forked (long only while it is still
             # importing IPython at server start): keep it off the event loop.
-            await asyncio.to_thread(process.start)
+            await asyncio.to_thread(self._launch, process)
+            _live.add(process.pid)
         except Exception as exc:
             parent.close()
             child.close()
             self.close()
             raise SessionUnavailable(f"could not start a worker process: {exc}") from exc
         finally:
+            _starting -= 1
             for r, w in pipes.values():
                 r.close()
                 w.close()
         child.close()
         self._process = process
         self.pid = process.pid
+        try:
+            self._pidfd = os.pidfd_open(process.pid)
+        except OSError as exc:  # gone already
+            parent.close()
+            self.close()
+            raise SessionUnavailable(f"a new worker died at once: {exc}") from exc
         sock = socket.socket(fileno=os.dup(parent.fileno()))
         parent.close()
-        await self._connect(sock, process.sentinel, ready_timeout)
+        await self._connect(sock, self._pidfd, ready_timeout)
         return self
+
+    def _launch(self, process: WorkerProcessHandle) -> None:
+        # A forkserver that user code killed is restarted here, with its preload armed
+        # (multiprocessing would restart it bare); one it stopped is resumed.
+        start_forkserver(self.config.preload_modules)
+        pid = _forkserver_pid()
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        process.start()
 
     async def fork_from(
         self, source: WorkerProcess, ready_timeout: float = 30.0, **fields: Any
@@ -197,6 +275,7 @@ class WorkerProcess:
             if "failure" in reply:
                 raise SessionUnavailable(f"the source session could not fork: {reply['failure']}")
             self.pid = int(reply["pid"])
+            _live.add(self.pid)
             self._pidfd = os.pidfd_open(self.pid)
         except BaseException as exc:
             ours.close()
@@ -251,9 +330,14 @@ class WorkerProcess:
             raise
 
     def _exit_status(self) -> int | None:
-        if self._process is not None:
-            return int(self._process.exitcode) if self._process.exitcode is not None else None
-        return _zombie_exitcode(self.pid)
+        # Read while it is a zombie; once the forkserver has reaped it, multiprocessing has
+        # the status (the forkserver sends it right after reaping: wait a moment for it).
+        code = _zombie_exitcode(self.pid)
+        if code is None and self._process is not None:
+            popen = self._process._popen
+            if popen is not None and popen.wait(0.2) is not None:
+                code = int(popen.returncode)
+        return code
 
     def _on_sentinel(self) -> None:
         loop = asyncio.get_running_loop()
@@ -269,8 +353,11 @@ class WorkerProcess:
         self._pending.clear()
         if self.exited is not None and not self.exited.done():
             self.exited.set_result(self.exitcode)
-        # Children the worker left in its group die with it.
+        # Children the worker left in its group die with it; the rest are swept up.
         self.signal_group(signal.SIGKILL)
+        if self.pid is not None:
+            _live.discard(self.pid)
+        self._sweep = asyncio.create_task(sweep_orphans())
         if self.on_exit is not None:
             self.on_exit(self)
 
@@ -359,7 +446,7 @@ class WorkerProcess:
             return False
 
     async def kill(self, grace: float = 0.5) -> None:
-        """Stop the worker and everything in its process group, then release its resources."""
+        """Stop the worker and every process it started, then release its resources."""
         if self.alive:
             self.signal_group(signal.SIGTERM)
             self.signal_group(signal.SIGCONT)
@@ -367,6 +454,10 @@ class WorkerProcess:
                 self.signal_group(signal.SIGKILL)
                 await self.wait_exit(2.0)
         self.signal_group(signal.SIGKILL)
+        if self._sweep is not None:
+            # Its daemons (out of its group, re-parented on its death) are gone on return.
+            with contextlib.suppress(Exception):
+                await self._sweep
         self.close()
 
     def drain(self, stream: str, limit: int) -> str:
@@ -386,6 +477,8 @@ class WorkerProcess:
         return b"".join(chunks).decode("utf-8", "replace")
 
     def close(self) -> None:
+        if self.pid is not None and not self.alive:
+            _live.discard(self.pid)
         for fd in self._drain_fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -2,7 +2,10 @@
 
 Start-up order matters (DESIGN §1; each step was a real failure once):
 1. ``setsid()``: own process group, so the server can signal the worker and its children
-   together; parent-death signal so a worker never outlives the forkserver (and so the server).
+   together; child subreaper, so even a double-forked daemon stays in the worker's process
+   tree and dies with it (`interp.reaper`). No parent-death signal: the parent is the
+   forkserver, and user code that kills it must not take every session down with it (the
+   forkserver kills all its descendants when the server goes away instead).
 2. fd 0 ← /dev/null, fds 1/2 ← capture pipes: under stdio the inherited fds ARE the MCP
    protocol, and a stray write or read there corrupts the client's stream.
 3. ``faulthandler`` on a real file, so a segfault reply can carry a traceback.
@@ -26,7 +29,6 @@ loads the unpickling code.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import faulthandler
 import os
 import select
@@ -37,7 +39,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from interp import protocol
+from interp import protocol, reaper
 from interp.capture import OutputCapture
 
 #: The shell pre-built by `interp.preload` in the forkserver; every fork inherits it.
@@ -45,21 +47,11 @@ SHELL: Any = None
 
 _running = False  # True only while user code runs: see module docstring
 _forked: set[int] = set()  # sessions forked from this worker, reaped when they end
-_PR_SET_PDEATHSIG = 1
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
     if _running:
         raise KeyboardInterrupt
-
-
-def _die_with_parent() -> None:
-    parent = os.getppid()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the forkserver died before prctl took effect
-        os._exit(1)
 
 
 class _Channel:
@@ -89,7 +81,8 @@ def _take_fd(conn: Connection) -> int:
 def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     """Target of the worker `multiprocessing.Process`; never returns normally."""
     os.setsid()
-    _die_with_parent()
+    reaper.become_subreaper()
+    _forget_forkserver()
     os.environ.pop("_INTERP_FORKSERVER", None)
     os.environ.pop("_INTERP_PRELOAD", None)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -114,6 +107,21 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     channel.send({"op": protocol.OP_READY, "id": opts["token"], "pid": os.getpid()})
     worker.serve()
     os._exit(0)  # the channel is closed: nothing left to report to, no atexit hooks to run
+
+
+def _forget_forkserver() -> None:
+    """multiprocessing hands every forkserver child the server's end of the forkserver's
+    "alive" pipe. Held here, the forkserver would never see the server die (so never kill
+    what is below it), and user code asking for a forkserver would get the server's."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    if server._forkserver_alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(server._forkserver_alive_fd)
+    server._forkserver_alive_fd = None
+    server._forkserver_address = None
+    server._forkserver_pid = None
 
 
 def _enable_faulthandler(path: str) -> None:
@@ -260,6 +268,7 @@ class _Worker:
         """In the forked child: take the new session's channel and pipes, then serve it."""
         global _forked
         os.setsid()  # its own group: deleting the source must not take the fork with it
+        reaper.become_subreaper()  # not inherited across fork
         _forked = set()
         chan, out_r, out_w, err_r, err_w = fds
         self.snap.reset_after_fork()
