@@ -32,6 +32,10 @@ STREAMS = ("stdout", "stderr")
 #: Output is forwarded at most this often while a burst lasts; the first chunk after a quiet
 #: spell goes at once, so a print just before a crash has left the process.
 _SEND_INTERVAL = 0.02
+#: Once the head is full, the latest tail is forwarded this often (progress of a long cell).
+_TAIL_INTERVAL = 1.0
+#: How much of the tail those updates carry.
+_TAIL_CHARS = 2000
 
 
 @dataclass
@@ -46,6 +50,7 @@ class CappedText:
     tail_len: int = 0
     dropped: int = 0
     sent_parts: int = 0  # how many head parts were already forwarded
+    tail_changed: bool = False  # the tail grew since it was last forwarded
 
     def add(self, text: str) -> None:
         room = self.head_limit - self.head_len
@@ -58,6 +63,7 @@ class CappedText:
             return
         self.tail.append(text)
         self.tail_len += len(text)
+        self.tail_changed = True
         # Trim from the left; what is trimmed is counted, never kept.
         while self.tail_len > self.tail_limit:
             excess = self.tail_len - self.tail_limit
@@ -81,6 +87,17 @@ class CappedText:
 
     def tail_text(self) -> str:
         return "".join(self.tail)
+
+    def latest(self, chars: int) -> str:
+        """The last `chars` characters of the tail, cheaply (from its last parts)."""
+        parts: list[str] = []
+        size = 0
+        for part in reversed(self.tail):
+            parts.append(part)
+            size += len(part)
+            if size >= chars:
+                break
+        return "".join(reversed(parts))[-chars:]
 
 
 class _Stream:
@@ -150,12 +167,15 @@ class OutputCapture:
         limit: int,
         send: Callable[[str, str, str], None],
         pipes: dict[str, tuple[int, int]],
+        send_tail: Callable[[str, str, str, int], None] | None = None,
     ) -> None:
         """pipes: (read_fd, write_fd) per stream. The server made them and keeps its own
         copy of each read end: what a dead worker never read is still there for it."""
         sys.stdout.flush()
         sys.stderr.flush()
         self._send = send  # (exec_id, stream, text) -> None
+        self._send_tail = send_tail  # (exec_id, stream, latest tail, characters before it)
+        self._last_tail = 0.0
         self._streams = {
             "stdout": _Stream(1, pipes["stdout"], limit),
             "stderr": _Stream(2, pipes["stderr"], limit),
@@ -245,6 +265,18 @@ class OutputCapture:
         if text:
             self._send(self._exec_id, name, text)
 
+    def _forward_tails(self) -> None:
+        """A long cell's latest output, past the head (lock held)."""
+        if self._send_tail is None or self._exec_id is None:
+            return
+        for name, stream in self._streams.items():
+            buf = stream.buffer
+            if buf.tail_changed:
+                buf.tail_changed = False
+                latest = buf.latest(_TAIL_CHARS)
+                before = buf.head_len + buf.dropped + buf.tail_len - len(latest)
+                self._send_tail(self._exec_id, name, latest, before)
+
     def _run(self) -> None:
         fds = {s.read_fd: s for s in self._streams.values()}
         poller = select.poll()
@@ -254,10 +286,11 @@ class OutputCapture:
             try:
                 # Sleep until output arrives, unless a cell has output waiting to be forwarded:
                 # an idle worker must not wake up periodically.
-                waiting = self._exec_id is not None and any(
-                    s.buffer.has_unsent() for s in self._streams.values()
-                )
-                events = poller.poll(_SEND_INTERVAL * 1000 if waiting else None)
+                running = self._exec_id is not None
+                waiting = running and any(s.buffer.has_unsent() for s in self._streams.values())
+                tailing = running and any(s.buffer.tail_changed for s in self._streams.values())
+                timeout = _SEND_INTERVAL if waiting else _TAIL_INTERVAL if tailing else None
+                events = poller.poll(None if timeout is None else timeout * 1000)
                 with self._lock:
                     for fd, _ in events:
                         stream = fds[fd]
@@ -273,5 +306,8 @@ class OutputCapture:
                         self._last_send = now
                         for name, stream in self._streams.items():
                             self._flush_head(name, stream)
+                    if self._exec_id is not None and now - self._last_tail >= _TAIL_INTERVAL:
+                        self._last_tail = now
+                        self._forward_tails()
             except Exception:  # the reader must outlive anything; losing it hangs prints
                 time.sleep(0.01)

@@ -7,11 +7,23 @@ This module imports nothing heavy: the worker side reads it too.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_memory() -> int:
+    """Half the machine's RAM, at most 8 GiB: room for real work, and two runaway sessions
+    still leave the laptop usable."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 4 * 1024**3
+    return int(min(ram // 2, 8 * 1024**3))
+
 
 #: Session ids and checkpoint names are file-name-safe: they name snapshot folders and files.
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -49,6 +61,45 @@ class Limits:
     writer_grace: float = 5.0
     #: Longest one variable may take to serialise; slower ones are skipped and reported.
     snapshot_var_seconds: float = 30.0
+    #: Address space of one worker process (RLIMIT_AS); 0 for none. A cell that allocates
+    #: beyond it gets MemoryError and the session lives on.
+    memory_bytes: int = field(default_factory=_default_memory)
+    #: A cell is interrupted when its worker and their children together hold this share of
+    #: memory_bytes in RAM (children have their own RLIMIT_AS each), or when the machine is
+    #: nearly out of memory while the cell keeps growing: before the OOM killer acts.
+    memory_watermark: float = 0.9
+    #: "Nearly out of memory": less than this available on the machine.
+    memory_floor_bytes: int = 256 * 1024**2
+    #: How often a running cell's memory is checked, seconds.
+    memory_check_interval: float = 0.5
+    #: Largest file a worker may write (RLIMIT_FSIZE); 0 for none.
+    file_size_bytes: int = 16 * 1024**3
+    #: Open files per worker process (RLIMIT_NOFILE); 0 to leave it.
+    open_files: int = 4096
+    #: Processes the user may run beyond those at worker start (RLIMIT_NPROC is per user and
+    #: ignored for root: reported, not claimed); 0 to leave it.
+    processes: int = 1024
+    #: The OOM killer's preference for workers (-1000..1000): they go before the server.
+    oom_score_adj: int = 1000
+    #: After this many crashes of a session's worker within crash_window seconds, the
+    #: session stops restarting by itself (restart_kernel starts it again).
+    crash_limit: int = 5
+    crash_window: float = 120.0
+    #: A foreground cell running longer than this sends MCP progress notifications, about
+    #: once a second (elapsed time and the tail of its output).
+    progress_after: float = 2.0
+    #: Finished executions remembered for get_execution / list_executions.
+    executions_kept: int = 200
+
+    def worker_limits(self) -> dict[str, int]:
+        """What `interp.rlimits.apply` enforces in each worker."""
+        return {
+            "memory": self.memory_bytes,
+            "file_size": self.file_size_bytes,
+            "open_files": self.open_files,
+            "processes": self.processes,
+            "oom_score_adj": self.oom_score_adj,
+        }
 
 
 @dataclass(frozen=True)

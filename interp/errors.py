@@ -57,10 +57,12 @@ class SessionLimit(SessionError):
 
 
 class SessionBusy(SessionError):
-    def __init__(self, session_id: str, busy_for: float) -> None:
+    def __init__(self, session_id: str, busy_for: float, execution_id: str | None = None) -> None:
+        what = f"execution {execution_id}" if execution_id else "code"
+        wait = f"get_execution({execution_id!r}, wait_seconds=...)" if execution_id else "it"
         super().__init__(
-            f"session {session_id!r} is running code (for {busy_for:.1f} s); "
-            "wait for it or call interrupt_kernel."
+            f"session {session_id!r} is running {what} (for {busy_for:.1f} s); wait for "
+            f"{wait}, stop it with interrupt_kernel, or use another session."
         )
 
 

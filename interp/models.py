@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-ExecStatus = Literal["ok", "error", "timeout", "interrupted", "crashed"]
+ExecStatus = Literal["ok", "error", "timeout", "interrupted", "crashed", "queued", "running"]
 
 
 def clean(value: Any) -> Any:
@@ -104,8 +104,12 @@ class RecoveryInfo(BaseModel):
 
 
 class ExecResult(BaseModel):
-    status: ExecStatus = Field(description="ok | error | timeout | interrupted | crashed")
+    status: ExecStatus = Field(
+        description="ok | error | timeout | interrupted | crashed; queued | running for a "
+        "background execution still going (see get_execution)"
+    )
     session_id: str
+    execution_id: str = Field(description="for get_execution / list_executions")
     execution_count: int | None = Field(description="IPython's In[n] number of the cell")
     stdout: str
     stderr: str
@@ -118,8 +122,9 @@ class ExecResult(BaseModel):
     images_dropped: list[str] = Field(description="images not returned, with the reason")
     truncated: dict[str, int] = Field(description="characters cut from the middle, per stream")
     timeout_rung: str | None = Field(
-        description="how a timed-out or cancelled cell was stopped: interrupt | terminate | kill"
+        description="how a stopped cell was stopped: interrupt | terminate | kill"
     )
+    limit: str | None = Field(description="the limit that stopped the cell, if one did")
     state_lost: bool = Field(description="true if the session's variables were lost")
     restarted: bool = Field(description="true if the worker was replaced during this call")
     crash: CrashInfo | None
@@ -139,6 +144,13 @@ class SnapshotInfo(BaseModel):
     writing: bool = Field(description="a newer snapshot is being written now")
 
 
+class LimitInfo(BaseModel):
+    name: str
+    value: str
+    enforced: bool = Field(description="false where the system cannot enforce it")
+    note: str
+
+
 class SessionInfo(BaseModel):
     session_id: str
     description: str
@@ -150,6 +162,9 @@ class SessionInfo(BaseModel):
     restarts: int
     last_exit: str | None
     snapshot: SnapshotInfo | None = Field(description="the newest automatic snapshot")
+    limits: list[LimitInfo] = Field(description="limits in force on its worker")
+    failed_reason: str | None = Field(description="why it stopped restarting (state failed)")
+    running: str | None = Field(description="id of the execution running now")
 
 
 class CreateSessionResult(BaseModel):
@@ -233,9 +248,36 @@ class ForkSessionResult(BaseModel):
 
 class InterruptResult(BaseModel):
     session_id: str
-    interrupted: bool = Field(description="true if a running cell was sent SIGINT")
+    interrupted: bool = Field(description="true if a running cell was stopped")
+    execution_id: str | None = Field(description="the execution it stopped")
+    status: str | None = Field(description="that execution's status now")
+    timeout_rung: str | None = Field(description="interrupt | terminate | kill")
     state: str
     detail: str
+
+
+class ExecutionInfo(BaseModel):
+    execution_id: str
+    session_id: str
+    status: ExecStatus
+    background: bool
+    code: str = Field(description="its first line")
+    created: float = Field(description="when it was submitted (epoch seconds)")
+    elapsed_s: float = Field(description="running time so far, or in total once done")
+
+
+class GetExecutionResult(BaseModel):
+    execution: ExecutionInfo
+    done: bool
+    stdout: str = Field(description="output so far (head, and the latest tail if long)")
+    stderr: str
+    result: ExecResult | None = Field(description="the full result once done")
+    failure: str | None = Field(description="why it ended without a result, if it did")
+
+
+class ListExecutionsResult(BaseModel):
+    executions: list[ExecutionInfo] = Field(description="running first, then newest first")
+    count: int
 
 
 class Variable(BaseModel):

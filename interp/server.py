@@ -8,14 +8,16 @@ optional ``session_id`` that defaults to the current session (see `switch_sessio
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastmcp import FastMCP
+from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.tools import ToolResult
 from mcp.types import ContentBlock, ImageContent, TextContent, ToolAnnotations
@@ -24,6 +26,7 @@ from pydantic import BaseModel, Field
 from interp import __version__, protocol, render, spawner
 from interp.config import SESSION_ID_PATTERN, Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
+from interp.executions import Execution, ExecutionRegistry
 from interp.manager import SessionManager
 from interp.middleware import CallStats, ErrorBoundary
 from interp.models import (
@@ -34,11 +37,15 @@ from interp.models import (
     DeleteSessionResult,
     ErrorInfo,
     ExecResult,
+    ExecutionInfo,
     ForkSessionResult,
+    GetExecutionResult,
     ImageInfo,
     InspectResult,
     InterruptResult,
+    LimitInfo,
     ListCheckpointsResult,
+    ListExecutionsResult,
     ListSessionsResult,
     PingResult,
     RecoveryInfo,
@@ -56,6 +63,8 @@ from interp.models import (
 )
 from interp.session import ExecOutcome, Session
 
+log = logging.getLogger("interp.server")
+
 INSTRUCTIONS = """\
 interp runs Python for you in persistent IPython sessions. Variables, imports and functions
 persist between run_python_code calls in the same session. Each session is its own process:
@@ -66,9 +75,11 @@ field says what came back and what was lost. Open files, locks, threads, sockets
 generators are never restored. save_checkpoint/restore_checkpoint keep named states;
 fork_session copies a live session to try something risky on a branch.
 A cell that overruns its timeout is interrupted (state kept) or, if it will not stop, its
-session restarts from its last snapshot; the result says which. Output is capped: the middle of
-very long output is cut with a marker. Images a cell displays come back as image content.
-The working directory is the workspace folder."""
+session restarts from its last snapshot; the result says which. For long work pass
+background=true: run_python_code returns an execution_id at once; get_execution(execution_id,
+wait_seconds) returns its output so far and, when done, its result; interrupt_kernel stops
+it. Output is capped: the middle of very long output is cut with a marker. Images a cell
+displays come back as image content. The working directory is the workspace folder."""
 
 SessionIdArg = Annotated[
     str | None,
@@ -111,6 +122,7 @@ class ServerState:
 
     config: Config
     stats: CallStats
+    executions: ExecutionRegistry
     manager: SessionManager | None = None
     started: float = 0.0
 
@@ -125,7 +137,12 @@ def _result(model: BaseModel, text: str, extra: list[ContentBlock] | None = None
     return ToolResult(content=content, structured_content=clean(model.model_dump(mode="json")))
 
 
-def _exec_result(outcome: ExecOutcome) -> ToolResult:
+def _exec_result(outcome: ExecOutcome, execution_id: str) -> ToolResult:
+    model, images = _exec_parts(outcome, execution_id)
+    return _result(model, render.exec_text(model), images)  # _result sanitises both
+
+
+def _exec_parts(outcome: ExecOutcome, execution_id: str) -> tuple[ExecResult, list[ContentBlock]]:
     images: list[ContentBlock] = []
     infos: list[ImageInfo] = []
     dropped = list(outcome.images_dropped)
@@ -144,6 +161,7 @@ def _exec_result(outcome: ExecOutcome) -> ToolResult:
     model = ExecResult(
         status=outcome.status,  # type: ignore[arg-type]
         session_id=outcome.session_id,
+        execution_id=execution_id,
         execution_count=outcome.execution_count,
         stdout=outcome.stdout,
         stderr=outcome.stderr,
@@ -162,13 +180,91 @@ def _exec_result(outcome: ExecOutcome) -> ToolResult:
         images_dropped=dropped,
         truncated=outcome.truncated,
         timeout_rung=outcome.timeout_rung,
+        limit=outcome.limit,
         state_lost=outcome.state_lost,
         restarted=outcome.restarted,
         crash=outcome.crash,  # type: ignore[arg-type]
         recovery=_recovery(outcome.recovery),
         notices=outcome.notices,
     )
-    return _result(model, render.exec_text(model), images)  # _result sanitises both
+    return model, images
+
+
+def _pending_result(run: Execution) -> ToolResult:
+    """run_python_code(background=true): the execution has been queued or started."""
+    model = ExecResult(
+        status=run.status,  # type: ignore[arg-type]
+        session_id=run.session_id,
+        execution_id=run.id,
+        execution_count=None,
+        stdout="",
+        stderr="",
+        result=None,
+        results=[],
+        error=None,
+        duration_ms=0.0,
+        execution_time=0.0,
+        images=[],
+        images_dropped=[],
+        truncated={},
+        timeout_rung=None,
+        limit=None,
+        state_lost=False,
+        restarted=False,
+        crash=None,
+        recovery=None,
+        notices=[],
+    )
+    text = (
+        f"execution {run.id} {run.status} in session {run.session_id} (background); "
+        f"get_execution({run.id!r}, wait_seconds=30) returns its output and result"
+    )
+    return _result(model, text)
+
+
+def _execution_info(run: Execution) -> ExecutionInfo:
+    return ExecutionInfo(
+        execution_id=run.id,
+        session_id=run.session_id,
+        status=run.status,  # type: ignore[arg-type]
+        background=run.background,
+        code=run.preview(),
+        created=run.created,
+        elapsed_s=round(run.elapsed(), 3),
+    )
+
+
+def _limits(session: Session, config: Config) -> list[LimitInfo]:
+    """What the worker reported in force, plus what the server enforces itself."""
+    limits = config.limits
+    out = [LimitInfo(**entry) for entry in (session.worker.limits if session.worker else [])]
+    if limits.memory_bytes:
+        mark = limits.memory_bytes * limits.memory_watermark / 1024**2
+        out.append(
+            LimitInfo(
+                name="memory watermark",
+                value=f"{mark:,.0f} MiB",
+                enforced=True,
+                note="RAM of the worker and its children; the running cell is interrupted",
+            )
+        )
+    out.append(
+        LimitInfo(
+            name="output",
+            value=f"{limits.output_chars:,} characters per stream",
+            enforced=True,
+            note="per execution: the middle of longer output is cut",
+        )
+    )
+    out.append(
+        LimitInfo(
+            name="sessions",
+            value=str(limits.max_sessions),
+            enforced=True,
+            note="live sessions on this server",
+        )
+    )
+    return out
 
 
 def _issues(items: list[dict[str, Any]]) -> list[VarIssue]:
@@ -210,7 +306,11 @@ def _snapshot_info(session: Session) -> SnapshotInfo | None:
 
 
 def create_server(config: Config) -> FastMCP:
-    state = ServerState(config=config, stats=CallStats())
+    state = ServerState(
+        config=config,
+        stats=CallStats(),
+        executions=ExecutionRegistry(config.limits.executions_kept),
+    )
 
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
@@ -264,16 +364,22 @@ def create_server(config: Config) -> FastMCP:
     @tool(ExecResult)
     async def run_python_code(
         code: Code,
+        ctx: Context,
         timeout: Annotated[
-            float,
+            float | None,
             Field(
-                description="seconds before the cell is interrupted",
+                description=f"seconds before the cell is stopped; default "
+                f"{limits.default_timeout:g}, or {limits.max_timeout:g} with background=true",
                 gt=0,
                 le=limits.max_timeout,
                 allow_inf_nan=False,
             ),
-        ] = limits.default_timeout,
+        ] = None,
         session_id: SessionIdArg = None,
+        background: Annotated[
+            bool,
+            Field(description="return at once with an execution_id (see get_execution)"),
+        ] = False,
     ) -> ToolResult:
         """Run Python (IPython syntax: %magics and !shell work) in a persistent session.
 
@@ -282,22 +388,152 @@ def create_server(config: Config) -> FastMCP:
         displayed images as image content. Output beyond the cap keeps its start and end with a
         marker in between. On timeout the cell is interrupted and the session stays usable;
         if it will not stop, the session restarts and the result says state was lost.
-        input() is unavailable: put values in the code.
+        input() is unavailable: put values in the code. For long work use background=true
+        and poll get_execution; a long foreground cell sends progress notifications.
         """
         session = state.sessions().get(session_id)
-        return _exec_result(await session.execute(code, timeout))
+        registry = state.executions
+        if timeout is None:
+            timeout = limits.max_timeout if background else limits.default_timeout
+        waiting = registry.unfinished_background(session.id)
+        if waiting and not background:
+            first = waiting[0]
+            raise SessionBusy(session.id, first.elapsed(), first.id)
+        run = registry.new(session.id, code, timeout, background)
+        run.task = asyncio.create_task(_run(session, run), name=f"exec-{run.id}")
+        if background:
+            # Queued behind a running cell, or already started: either way, back at once.
+            await asyncio.sleep(0)
+            return _pending_result(run)
+        try:
+            outcome = await _follow(run, ctx)
+        except asyncio.CancelledError:
+            run.task.cancel()  # the session stops the cell (see Session._execute)
+            raise
+        return _exec_result(outcome, run.id)
+
+    async def _run(session: Session, run: Execution) -> ExecOutcome:
+        try:
+            return await session.execute(run.code, run.timeout, run)
+        except InterpError as exc:
+            run.failure = str(exc)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("execution %s failed", run.id)
+            run.failure = f"internal error: {type(exc).__name__}"
+            raise
+
+    async def _follow(run: Execution, ctx: Context) -> ExecOutcome:
+        """Wait for a foreground execution; past progress_after seconds, send a progress
+        notification about every second (elapsed time, tail of the output)."""
+        assert run.task is not None
+        task = run.task
+        wait = limits.progress_after
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            if done:
+                return task.result()
+            wait = 1.0
+            elapsed = run.elapsed()
+            tail = run.tail(400).strip()
+            message = f"{run.id} running for {elapsed:.0f} s"
+            if tail:
+                message += f"; output so far ends: {tail}"
+            # Progress is a courtesy: a client that cannot take it must not fail the call.
+            with contextlib.suppress(Exception):
+                await ctx.report_progress(
+                    progress=round(elapsed, 1), total=run.timeout, message=clean(message)
+                )
+
+    @tool(GetExecutionResult, annotations=READ_ONLY)
+    async def get_execution(
+        execution_id: Annotated[
+            str, Field(description="from run_python_code", pattern=r"^x[0-9]{1,12}$")
+        ],
+        wait_seconds: Annotated[
+            float,
+            Field(
+                description="wait up to this long for it to finish (0: answer at once)",
+                ge=0,
+                le=300,
+                allow_inf_nan=False,
+            ),
+        ] = 0,
+    ) -> ToolResult:
+        """Status of an execution (background or not): its output so far and, once it is done,
+        its full result (as run_python_code returns it)."""
+        run = state.executions.get(execution_id)
+        if wait_seconds and run.pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.done.wait(), wait_seconds)
+        result = None
+        images: list[ContentBlock] = []
+        if run.outcome is not None:
+            result, images = _exec_parts(run.outcome, run.id)
+        model = GetExecutionResult(
+            execution=_execution_info(run),
+            done=not run.pending,
+            stdout=run.output_so_far("stdout"),
+            stderr=run.output_so_far("stderr"),
+            result=result,
+            failure=run.failure,
+        )
+        if result is not None:
+            text = render.exec_text(result)
+        elif run.failure:
+            text = f"execution {run.id} ended without a result: {run.failure}"
+        else:
+            text = f"execution {run.id} {run.status} for {run.elapsed():.1f} s"
+            tail = run.tail(2000)
+            text += f"\n{tail}" if tail else ""
+        return _result(model, text, images)
+
+    @tool(ListExecutionsResult, annotations=READ_ONLY)
+    async def list_executions(session_id: SessionIdArg = None) -> ToolResult:
+        """Executions the server remembers (all sessions unless session_id is given):
+        queued and running ones first, then the most recent finished ones."""
+        if session_id is not None:
+            state.sessions().get(session_id)  # a clear error for an unknown id
+        runs = state.executions.select(session_id)
+        runs.sort(key=lambda r: (not r.pending, -r.created))
+        infos = [_execution_info(r) for r in runs]
+        model = ListExecutionsResult(executions=infos, count=len(infos))
+        lines = [
+            f"{i.execution_id} [{i.status}] {i.session_id} {i.elapsed_s:.1f}s "
+            f"{'bg ' if i.background else ''}{i.code}"
+            for i in infos
+        ]
+        return _result(model, f"{len(infos)} execution(s)\n" + "\n".join(lines))
 
     @tool(InterruptResult)
     async def interrupt_kernel(session_id: SessionIdArg = None) -> ToolResult:
-        """Interrupt the code running in a session (like Ctrl-C). Harmless if it is idle.
+        """Stop the code running in a session (like Ctrl-C; harmless if it is idle).
 
-        The running call then returns with status "interrupted"; state is kept.
+        SIGINT first, state kept; code that ignores it is stopped harder and the session
+        restarts from its last snapshot (the result's timeout_rung says which). Waits for the
+        cell to end, a few seconds at most.
         """
         session = state.sessions().get(session_id)
-        sent = session.interrupt("interrupted")
-        detail = "sent SIGINT to the running cell" if sent else "the session is idle; nothing to do"
+        ladder = config.ladder
+        patience = ladder.interrupt_grace + ladder.terminate_grace + ladder.kill_grace + 10
+        run = await session.interrupt(wait=patience)
+        outcome = run.outcome if run is not None else None
+        if run is None:
+            detail = "the session is idle; nothing to do"
+        elif outcome is not None:
+            detail = f"execution {run.id} stopped ({outcome.status}, by {outcome.timeout_rung})"
+        else:
+            detail = f"execution {run.id} is being stopped ({run.status})"
         model = InterruptResult(
-            session_id=session.id, interrupted=sent, state=session.state.value, detail=detail
+            session_id=session.id,
+            interrupted=run is not None,
+            execution_id=run.id if run else None,
+            status=run.status if run else None,
+            timeout_rung=outcome.timeout_rung if outcome else None,
+            state=session.state.value,
+            detail=detail,
         )
         return _result(model, f"session {session.id}: {detail}")
 
@@ -315,6 +551,9 @@ def create_server(config: Config) -> FastMCP:
             restarts=s.restarts,
             last_exit=s.last_exit,
             snapshot=_snapshot_info(s),
+            limits=_limits(s, config),
+            failed_reason=s.failed_reason,
+            running=s.running.id if s.running else None,
         )
 
     @tool(CreateSessionResult)

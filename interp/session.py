@@ -20,10 +20,10 @@ DORMANT: its first use starts a worker that restores it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import functools
-import itertools
 import logging
 import os
 import shutil
@@ -36,10 +36,11 @@ from typing import Any
 from interp import protocol, snapfiles, spawner
 from interp.config import Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
+from interp.executions import Execution
+from interp.memwatch import MemoryWatch
 from interp.spawner import WorkerExited, WorkerPool, WorkerProcess, describe_exit, wait_readable
 
 log = logging.getLogger("interp.session")
-_exec_ids = itertools.count(1)
 
 
 class SessionState(enum.Enum):
@@ -47,15 +48,32 @@ class SessionState(enum.Enum):
     STARTING = "starting"  # waiting for its first worker
     IDLE = "idle"  # worker ready, nothing running
     BUSY = "busy"  # a cell or a quick call is running
+    FAILED = "failed"  # crashed too often: no more automatic restarts (restart_kernel)
     STOPPING = "stopping"  # being deleted
     DEAD = "dead"  # deleted; every call fails
 
 
 _ALLOWED = {
     SessionState.DORMANT: {SessionState.STARTING, SessionState.STOPPING},
-    SessionState.STARTING: {SessionState.IDLE, SessionState.STOPPING, SessionState.DEAD},
-    SessionState.IDLE: {SessionState.BUSY, SessionState.STOPPING, SessionState.STARTING},
-    SessionState.BUSY: {SessionState.IDLE, SessionState.STOPPING, SessionState.STARTING},
+    SessionState.STARTING: {
+        SessionState.IDLE,
+        SessionState.STOPPING,
+        SessionState.DEAD,
+        SessionState.FAILED,
+    },
+    SessionState.IDLE: {
+        SessionState.BUSY,
+        SessionState.STOPPING,
+        SessionState.STARTING,
+        SessionState.FAILED,
+    },
+    SessionState.BUSY: {
+        SessionState.IDLE,
+        SessionState.STOPPING,
+        SessionState.STARTING,
+        SessionState.FAILED,
+    },
+    SessionState.FAILED: {SessionState.STARTING, SessionState.STOPPING},
     SessionState.STOPPING: {SessionState.DEAD},
     SessionState.DEAD: set(),
 }
@@ -78,6 +96,7 @@ class ExecOutcome:
     duration_ms: float = 0.0
     truncated: dict[str, int] = field(default_factory=dict)  # stream -> characters cut
     timeout_rung: str | None = None
+    limit: str | None = None  # the limit that stopped the cell (memory watermark)
     state_lost: bool = False
     restarted: bool = False
     crash: dict[str, Any] | None = None
@@ -121,7 +140,13 @@ class Session:
         self.last_exit: str | None = None
         self._lock = asyncio.Lock()
         self._cleanup: asyncio.Task[None] | None = None
-        self._interrupt_reason: str | None = None
+        #: The execution running now, and how to ask it to stop (interrupt_kernel).
+        self.running: Execution | None = None
+        self._stop: asyncio.Event | None = None
+        self._stop_reason: str | None = None
+        #: Restart policy: when the worker crashed lately, and why it stopped restarting.
+        self._crashes: collections.deque[float] = collections.deque()
+        self.failed_reason: str | None = None
         self._notices: list[str] = []
         #: Summary of the newest snapshot written (from the worker's "snap" frames).
         self.snapshot: dict[str, Any] | None = None
@@ -165,6 +190,8 @@ class Session:
     async def _ensure_worker(self) -> WorkerProcess:
         if self.state in (SessionState.STOPPING, SessionState.DEAD):
             raise SessionUnavailable(f"session {self.id!r} was deleted")
+        if self.state is SessionState.FAILED:
+            raise SessionUnavailable(self.failed_reason or f"session {self.id!r} failed")
         if self._cleanup is not None:
             # A cancelled cell is still being stopped; its failure is logged, not ours.
             with contextlib.suppress(Exception):
@@ -178,9 +205,19 @@ class Session:
             worker.close()
             self.restarts += 1
             await self._settle_writer(self.config.limits.writer_grace)
+            if not self._may_restart(f"its worker died while idle ({self.last_exit})"):
+                self.worker = None
+                self._set_state(SessionState.FAILED)
+                raise SessionUnavailable(self.failed_reason or "")
         self._set_state(SessionState.STARTING)
         # Always from the newest snapshot: a new session simply has none.
-        report = await self._adopt(restore="auto")
+        try:
+            report = await self._adopt(restore="auto")
+        except SessionUnavailable as exc:
+            # Restoring killed the worker (a snapshot that crashes on load?): counts too.
+            if self.state is SessionState.STARTING and not self._may_restart(str(exc)):
+                self._set_state(SessionState.FAILED)
+            raise
         if revive or report.get("found"):
             why = "the session was revived from disk" if revive else "the session was restored"
             if worker is not None:
@@ -399,11 +436,19 @@ class Session:
 
     async def restart(self, preserve_state: bool = False) -> dict[str, Any] | None:
         """Replace the worker. Without preserve_state all state is dropped (checkpoints
-        stay); with it, a snapshot is taken first and restored in the new worker."""
+        stay); with it, a snapshot is taken first and restored in the new worker. A running
+        cell is stopped first. It also ends a FAILED state (the restart policy's)."""
+        if self.running is not None:
+            await self.interrupt(wait=0)  # the lock below waits for it to stop
         async with self._lock:
+            self._crashes.clear()
+            failed, self.failed_reason = self.state is SessionState.FAILED, None
             if not preserve_state:
                 await self._swap_worker(restore=None, before=self._forget_state)
                 return None
+            if failed:  # no worker to snapshot: back to the last snapshot taken
+                report = await self._swap_worker(restore="auto")
+                return self._recovery_info(report, "restart_kernel(preserve_state=true)")
             worker = await self._ensure_worker()
             saved = await self._request(
                 worker, protocol.OP_SNAPSHOT, self.config.limits.restore_timeout, kind="auto"
@@ -481,7 +526,8 @@ class Session:
         try:
             await asyncio.wait_for(self._lock.acquire(), wait)
         except TimeoutError:
-            raise SessionBusy(self.id, self.busy_for) from None
+            running = self.running.id if self.running else None
+            raise SessionBusy(self.id, self.busy_for, running) from None
         try:
             yield
         finally:
@@ -509,50 +555,122 @@ class Session:
     def busy_for(self) -> float:
         return 0.0 if self.busy_since is None else time.monotonic() - self.busy_since
 
-    def interrupt(self, reason: str = "interrupted") -> bool:
-        """SIGINT the running cell, if any. Idle sessions are left alone (a no-op)."""
-        if self.state is not SessionState.BUSY or self.worker is None:
-            return False
-        self._interrupt_reason = reason
-        self.worker.signal_group(signal.SIGINT)
-        return True
+    async def interrupt(self, wait: float) -> Execution | None:
+        """Stop the running cell, climbing the ladder if SIGINT is not enough (the same as a
+        timeout, with status "interrupted"); waits up to `wait` seconds for it to end.
+        Returns the execution stopped, or None if no cell was running (a no-op)."""
+        run = self.running
+        if run is None or self._stop is None:
+            return None
+        self._stop_reason = self._stop_reason or "interrupted"
+        self._stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.done.wait(), wait)
+        return run
 
-    async def execute(self, code: str, timeout: float) -> ExecOutcome:
-        async with self._lock:
-            worker = await self._ensure_worker()
-            notices, self._notices = self._notices, []
-            recovery, self._recovery = self._recovery, None
-            self._set_state(SessionState.BUSY)
-            self.busy_since = time.monotonic()
-            self._interrupt_reason = None
-            exec_id = f"x{next(_exec_ids)}"
-            fut: asyncio.Future[dict[str, Any]] | None = None
+    async def execute(self, code: str, timeout: float, run: Execution | None = None) -> ExecOutcome:
+        """Run one cell (waiting for the session if it is busy) and return its outcome."""
+        if run is None:
+            run = Execution(self.id + "-x", self.id, code, timeout, background=False)
+        try:
+            async with self._lock:
+                outcome = await self._execute(run, code, timeout)
+        except BaseException:
+            if not run.done.is_set():
+                run.finish(None, "interrupted")
+            raise
+        run.finish(outcome)
+        return outcome
+
+    async def _execute(self, run: Execution, code: str, timeout: float) -> ExecOutcome:
+        worker = await self._ensure_worker()
+        notices, self._notices = self._notices, []
+        recovery, self._recovery = self._recovery, None
+        fut: asyncio.Future[dict[str, Any]] | None = None
+        for _ in range(3):
             try:
-                _, fut = await worker.send(protocol.OP_EXEC, id=exec_id, code=code)
-                self.executions += 1
-                try:
-                    reply = await asyncio.wait_for(asyncio.shield(fut), timeout)
-                    outcome = self._outcome(worker, exec_id, reply)
+                _, fut = await worker.send(protocol.OP_EXEC, id=run.id, code=code)
+                break
+            except WorkerExited:
+                # It died before the code reached it (nothing ran): a fresh one runs it.
+                await worker.wait_exit(2.0)
+                worker = await self._ensure_worker()
+                recovery, self._recovery = self._recovery or recovery, None
+        if fut is None:
+            raise SessionUnavailable(f"session {self.id!r}: its workers keep dying at start")
+        self._set_state(SessionState.BUSY)
+        self.busy_since = time.monotonic()
+        self.executions += 1
+        self.running = run
+        self._stop = asyncio.Event()
+        self._stop_reason = None
+        run.begin()
+        run.output = worker.outputs.get(run.id)
+        try:
+            outcome = await self._await_cell(worker, run.id, fut, timeout)
+        except asyncio.CancelledError:
+            # MCP cancellation: stop the cell in the background; the next call on this
+            # session waits for that (see _ensure_worker).
+            if not fut.done():
+                self._cleanup = asyncio.create_task(self._stop_quietly(worker, run.id, fut))
+            raise
+        finally:
+            self.running = None
+            self._stop = None
+            self.busy_since = None
+            if self.state is SessionState.BUSY:
+                self._set_state(SessionState.IDLE)
+        outcome.notices = notices + outcome.notices
+        if recovery is not None and outcome.recovery is None:
+            outcome.recovery = recovery
+        return outcome
+
+    async def _await_cell(
+        self,
+        worker: WorkerProcess,
+        exec_id: str,
+        fut: asyncio.Future[dict[str, Any]],
+        timeout: float,
+    ) -> ExecOutcome:
+        """Wait for the cell's reply; stop it on timeout, on interrupt_kernel, or when its
+        memory crosses the watermark (interp.memwatch)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        limits = self.config.limits
+        watch = MemoryWatch(limits, worker.pid) if worker.pid and limits.memory_bytes else None
+        assert self._stop is not None
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return await self._stop_cell(worker, exec_id, fut, "timeout")
+                step = min(left, limits.memory_check_interval) if watch else left
+                waits: set[asyncio.Future[Any]] = {fut, stop}
+                await asyncio.wait(waits, timeout=step, return_when=asyncio.FIRST_COMPLETED)
+                if fut.done():
+                    exc = fut.exception()
+                    if isinstance(exc, WorkerExited):
+                        return await self._after_crash(worker, exec_id, exc)
+                    if exc is not None:
+                        raise exc
+                    outcome = self._outcome(worker, exec_id, fut.result())
                     if outcome.error and outcome.error.get("ename") == "KeyboardInterrupt":
-                        outcome.status = self._interrupt_reason or "interrupted"
-                except TimeoutError:
-                    outcome = await self._stop_cell(worker, exec_id, fut, "timeout")
-                except WorkerExited as exc:
-                    outcome = await self._after_crash(worker, exec_id, exc)
-            except asyncio.CancelledError:
-                # MCP cancellation: stop the cell in the background; the next call on this
-                # session waits for that (see _ensure_worker).
-                if fut is not None and not fut.done():
-                    self._cleanup = asyncio.create_task(self._stop_quietly(worker, exec_id, fut))
-                raise
-            finally:
-                self.busy_since = None
-                if self.state is SessionState.BUSY:
-                    self._set_state(SessionState.IDLE)
-            outcome.notices = notices + outcome.notices
-            if recovery is not None and outcome.recovery is None:
-                outcome.recovery = recovery
-            return outcome
+                        outcome.status = "interrupted"  # SIGINT from elsewhere (a user's kill)
+                    return outcome
+                if stop.done():
+                    return await self._stop_cell(
+                        worker, exec_id, fut, self._stop_reason or "interrupted"
+                    )
+                why = watch.check() if watch is not None else None
+                if why is not None:
+                    log.warning("session %s: %s; interrupting the cell", self.id, why)
+                    outcome = await self._stop_cell(worker, exec_id, fut, "memory")
+                    outcome.limit = why
+                    outcome.notices.append(f"the cell was interrupted: {why}")
+                    return outcome
+        finally:
+            stop.cancel()
 
     # -- stopping and recovering ---------------------------------------------------------
 
@@ -570,18 +688,17 @@ class Session:
         self, worker: WorkerProcess, exec_id: str, fut: asyncio.Future[dict[str, Any]], why: str
     ) -> ExecOutcome:
         """Climb the ladder until the cell stops; see the module docstring. `why` is
-        "timeout" or "cancelled" (an MCP cancellation, whose outcome nobody reads)."""
+        "timeout", "interrupted" (interrupt_kernel), "memory" (the watermark) or "cancelled"
+        (an MCP cancellation, whose outcome nobody reads)."""
         ladder = self.config.ladder
-        self._interrupt_reason = why
+        status = "timeout" if why == "timeout" else "interrupted"
         worker.signal_group(signal.SIGINT)
-        try:
-            reply = await asyncio.wait_for(asyncio.shield(fut), ladder.interrupt_grace)
-            outcome = self._outcome(worker, exec_id, reply)
-            outcome.status = "timeout" if why == "timeout" else "interrupted"
+        await asyncio.wait({fut}, timeout=ladder.interrupt_grace)
+        if fut.done() and not isinstance(fut.exception(), WorkerExited):
+            outcome = self._outcome(worker, exec_id, fut.result())
+            outcome.status = status
             outcome.timeout_rung = "interrupt"
             return outcome
-        except (TimeoutError, WorkerExited):
-            pass
         rung = "terminate"
         if worker.alive:
             worker.signal_group(signal.SIGTERM)
@@ -591,7 +708,9 @@ class Session:
                 worker.signal_group(signal.SIGKILL)
                 if not await worker.wait_exit(ladder.kill_grace):
                     log.error("session %s: worker %s survived SIGKILL", self.id, worker.pid)
-        outcome = self._partial(worker, exec_id, "timeout" if why == "timeout" else "interrupted")
+        if fut.done():
+            fut.exception()  # the worker's exit, expected here: mark it read
+        outcome = self._partial(worker, exec_id, status)
         outcome.timeout_rung = rung
         await self._replace(worker, outcome, f"the cell ignored SIGINT and was stopped by {rung}")
         return outcome
@@ -608,8 +727,38 @@ class Session:
             "fault_trace": worker.fault_trace(),
         }
         self.last_exit = describe_exit(code)
-        await self._replace(worker, outcome, f"the worker died ({self.last_exit})")
+        why = f"the worker died ({self.last_exit})"
+        if self.state in (SessionState.STOPPING, SessionState.DEAD):
+            outcome.status = "interrupted"
+            outcome.notices.append("the session was deleted while the cell ran")
+            return outcome
+        if not self._may_restart(why):
+            await worker.kill()
+            await self._settle_writer(self.config.limits.writer_grace)
+            self.worker = None
+            self._set_state(SessionState.FAILED)
+            outcome.notices.append(self.failed_reason or why)
+            return outcome
+        await self._replace(worker, outcome, why)
         return outcome
+
+    def _may_restart(self, why: str) -> bool:
+        """Count a crash; False once there were crash_limit of them within crash_window."""
+        limits = self.config.limits
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > limits.crash_window:
+            self._crashes.popleft()
+        if len(self._crashes) < limits.crash_limit:
+            return True
+        self.failed_reason = (
+            f"session {self.id!r} stopped restarting by itself after {len(self._crashes)} "
+            f"crashes within {limits.crash_window:.0f} s (last: {why}). Its snapshots are "
+            "kept: restart_kernel(preserve_state=true) starts it again from the last one, "
+            "restart_kernel() starts it empty"
+        )
+        log.warning("%s", self.failed_reason)
+        return False
 
     async def _replace(self, worker: WorkerProcess, outcome: ExecOutcome, why: str) -> None:
         """After a crash or a kill: a fresh worker that restores the newest snapshot."""

@@ -127,6 +127,7 @@ class StreamedOutput:
     limit: int
     parts: dict[str, list[str]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
     sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    tails: dict[str, tuple[str, int]] = field(default_factory=dict)  # stream -> (tail, before)
 
     def add(self, stream: str, text: str) -> None:
         if stream not in self.parts:
@@ -138,6 +139,22 @@ class StreamedOutput:
 
     def head(self, stream: str) -> str:
         return "".join(self.parts[stream])
+
+    def set_tail(self, stream: str, text: str, before: int) -> None:
+        """The worker's latest tail of a long cell: `before` characters come before it."""
+        if stream in self.parts:
+            self.tails[stream] = (text[-self.limit :], max(0, before))
+
+    def text(self, stream: str) -> str:
+        """Output so far: the head, and the latest tail with a marker for the gap."""
+        head = self.head(stream)
+        if stream not in self.tails:
+            return head
+        tail, before = self.tails[stream]
+        gap = before - len(head)
+        if gap > 0:
+            return f"{head}\n[... {gap:,} characters so far not shown ...]\n{tail}"
+        return head + tail[-gap:]  # gap <= 0: the first -gap characters repeat the head's end
 
 
 class WorkerProcess:
@@ -162,6 +179,8 @@ class WorkerProcess:
         self._sentinel: int | None = None
         self._pidfd: int | None = None  # readable once the process has exited
         self._sweep: asyncio.Task[int] | None = None  # the sweep after this worker's exit
+        #: The limits the worker reported in force (interp.rlimits), from its ready frame.
+        self.limits: list[dict[str, Any]] = []
         #: Called with each "snap" frame: the snapshot writer started or finished.
         self.on_snapshot: Callable[[dict[str, Any]], None] | None = None
 
@@ -199,6 +218,7 @@ class WorkerProcess:
             "output_chars": limits.output_chars,
             "max_images": limits.max_images,
             "max_image_bytes": limits.max_image_bytes,
+            "limits": limits.worker_limits(),
         }
         process = WorkerProcessHandle(
             target=worker_main, args=(child, opts), name=f"interp-{self.token}"
@@ -209,7 +229,7 @@ class WorkerProcess:
             # start() blocks until the forkserver has forked (long only while it is still
             # importing IPython at server start): keep it off the event loop.
             await asyncio.to_thread(self._launch, process)
-            _live.add(process.pid)
+            _live.add(process.pid or 0)
         except Exception as exc:
             parent.close()
             child.close()
@@ -224,7 +244,7 @@ class WorkerProcess:
         self._process = process
         self.pid = process.pid
         try:
-            self._pidfd = os.pidfd_open(process.pid)
+            self._pidfd = os.pidfd_open(process.pid or 0)
         except OSError as exc:  # gone already
             parent.close()
             self.close()
@@ -381,12 +401,18 @@ class WorkerProcess:
         rid = message.get("id")
         if op == protocol.OP_OUT:
             out = self.outputs.get(str(rid))
-            if out is not None and isinstance(message.get("text"), str):
+            if out is None:
+                pass
+            elif isinstance(message.get("text"), str):
                 out.add(str(message.get("stream")), message["text"])
+            elif isinstance(message.get("tail"), str) and isinstance(message.get("before"), int):
+                out.set_tail(str(message.get("stream")), message["tail"], message["before"])
         elif op == protocol.OP_SNAP:
             if self.on_snapshot is not None:
                 self.on_snapshot(message)
         elif op == protocol.OP_READY:
+            if isinstance(message.get("limits"), list):
+                self.limits = message["limits"]
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(message)
         else:

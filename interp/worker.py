@@ -9,7 +9,8 @@ Start-up order matters (DESIGN §1; each step was a real failure once):
 2. fd 0 ← /dev/null, fds 1/2 ← capture pipes: under stdio the inherited fds ARE the MCP
    protocol, and a stray write or read there corrupts the client's stream.
 3. ``faulthandler`` on a real file, so a segfault reply can carry a traceback.
-4. chdir into the workspace, then report ready.
+4. resource limits and ``oom_score_adj`` (`interp.rlimits`), reported in the ready frame.
+5. chdir into the workspace, then report ready.
 
 The server binds a worker to its session with an ``attach`` request (where its snapshots go,
 and which one to restore); from then on the worker snapshots its namespace in a forked writer
@@ -39,7 +40,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from interp import protocol, reaper
+from interp import protocol, reaper, rlimits
 from interp.capture import OutputCapture
 
 #: The shell pre-built by `interp.preload` in the forkserver; every fork inherits it.
@@ -70,6 +71,11 @@ class _Channel:
     def send_output(self, exec_id: str, stream: str, text: str) -> None:
         self.send({"op": protocol.OP_OUT, "id": exec_id, "stream": stream, "text": text})
 
+    def send_tail(self, exec_id: str, stream: str, text: str, before: int) -> None:
+        """The latest output of a long cell past its head; `before` characters precede it."""
+        message = {"op": protocol.OP_OUT, "id": exec_id, "stream": stream, "tail": text}
+        self.send({**message, "before": before})
+
 
 def _take_fd(conn: Connection) -> int:
     """The fd a Connection wrapper carried across the fork, owned by us from now on."""
@@ -90,8 +96,11 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     os.close(devnull)
     channel = _Channel(conn)
     pipes = {name: (_take_fd(r), _take_fd(w)) for name, (r, w) in opts.pop("pipes").items()}
-    capture = OutputCapture(int(opts["output_chars"]), channel.send_output, pipes)
+    capture = OutputCapture(
+        int(opts["output_chars"]), channel.send_output, pipes, channel.send_tail
+    )
     _enable_faulthandler(opts["fault_path"])
+    limits = opts["limits_report"] = rlimits.apply(opts["limits"])
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     os.environ["PAGER"] = "cat"
     os.environ.setdefault("TERM", "dumb")
@@ -104,7 +113,8 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     if SHELL is None:
         shell.execution_count = 1
     worker = _Worker(conn, channel, capture, shell, opts)
-    channel.send({"op": protocol.OP_READY, "id": opts["token"], "pid": os.getpid()})
+    ready = {"op": protocol.OP_READY, "id": opts["token"], "pid": os.getpid(), "limits": limits}
+    channel.send(ready)
     worker.serve()
     os._exit(0)  # the channel is closed: nothing left to report to, no atexit hooks to run
 
@@ -115,7 +125,7 @@ def _forget_forkserver() -> None:
     what is below it), and user code asking for a forkserver would get the server's."""
     from multiprocessing import forkserver
 
-    server = forkserver._forkserver  # type: ignore[attr-defined]
+    server: Any = forkserver._forkserver  # type: ignore[attr-defined]
     if server._forkserver_alive_fd is not None:
         with contextlib.suppress(OSError):
             os.close(server._forkserver_alive_fd)
@@ -278,10 +288,12 @@ class _Worker:
         self.channel = _Channel(self.conn)
         pipes = {"stdout": (out_r, out_w), "stderr": (err_r, err_w)}
         limit = int(self.opts["output_chars"])
-        self.capture = OutputCapture(limit, self.channel.send_output, pipes)
+        self.capture = OutputCapture(limit, self.channel.send_output, pipes, self.channel.send_tail)
         _enable_faulthandler(request["fault_path"])
         self._configure_snapshots(request)
-        self.channel.send({"op": protocol.OP_READY, "id": request["token"], "pid": os.getpid()})
+        limits = self.opts.get("limits_report")  # inherited across the fork
+        ready = {"op": protocol.OP_READY, "id": request["token"], "pid": os.getpid()}
+        self.channel.send({**ready, "limits": limits})
         self.snap.dirty = True
         self.snap.start()  # the fork's own first snapshot, so it survives a crash too
         self.serve()

@@ -12,11 +12,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "interp"
 #: Modules that run inside workers or the forkserver. They must never pull in the server.
 WORKER_SIDE = {
     "worker", "capture", "shell", "preload", "launch", "protocol", "config", "snapshot",
-    "snapfiles",
+    "snapfiles", "reaper", "rlimits",
 }  # fmt: skip
 SERVER_SIDE = {
     "server", "manager", "session", "spawner", "middleware", "models", "render", "cli",
-    "logs", "errors",
+    "logs", "errors", "executions", "memwatch",
 }  # fmt: skip
 
 

@@ -38,7 +38,7 @@ async def test_every_tool_over_stdio(stdio: Client, tmp_path: Path) -> None:
         "list_sessions", "delete_session", "restart_kernel", "list_variables",
         "code_completion", "inspect_object", "check_kernel_responsiveness", "ping",
         "save_checkpoint", "restore_checkpoint", "list_checkpoints", "delete_checkpoint",
-        "fork_session",
+        "fork_session", "get_execution", "list_executions",
     }  # fmt: skip
     assert (await c.call_tool("ping", {})).structured_content["ok"] is True
     await run(c, "value = 6 * 7\nimport math")
@@ -105,6 +105,46 @@ async def test_state_tools_and_server_restart_over_stdio(tmp_path: Path) -> None
         assert r["result"] == "(5, [0, 1, 4])" and "squares" in r["recovery"]["restored"]
         assert (await run(c, "done and len(squares)", session_id="branch"))["result"] == "6"
         assert (await c.call_tool("list_checkpoints", {})).structured_content["count"] == 0
+
+
+async def test_long_running_work_over_stdio(stdio: Client) -> None:
+    """Background executions, their tools, interrupt_kernel on one, and progress
+    notifications of a long foreground cell, through a real stdio server."""
+    c = stdio
+    code = "import time\nfor i in range(3):\n    print('step', i, flush=True)\n    time.sleep(0.2)\n'done'"
+    started = (
+        await c.call_tool("run_python_code", {"code": code, "background": True})
+    ).structured_content
+    assert started["status"] in ("queued", "running") and started["execution_id"]
+    xid = started["execution_id"]
+    listed = (await c.call_tool("list_executions", {})).structured_content
+    assert xid in [e["execution_id"] for e in listed["executions"]]
+    got = (
+        await c.call_tool("get_execution", {"execution_id": xid, "wait_seconds": 30})
+    ).structured_content
+    assert got["done"] and got["result"]["result"] == "'done'"
+    assert got["stdout"] == "step 0\nstep 1\nstep 2\n"
+    # interrupt_kernel stops a background cell and waits for it.
+    slow = (
+        await c.call_tool(
+            "run_python_code", {"code": "import time\ntime.sleep(60)", "background": True}
+        )
+    ).structured_content
+    stopped = (await c.call_tool("interrupt_kernel", {})).structured_content
+    assert stopped["interrupted"] and stopped["execution_id"] == slow["execution_id"]
+    assert stopped["status"] == "interrupted" and stopped["timeout_rung"] == "interrupt"
+    # A foreground cell past progress_after reports progress about once a second.
+    seen: list[tuple[float, str]] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        seen.append((value, message or ""))
+
+    long = "import time\nfor i in range(8):\n    print('tick', i, flush=True)\n    time.sleep(0.5)"
+    r = (
+        await c.call_tool("run_python_code", {"code": long}, progress_handler=progress)
+    ).structured_content
+    assert r["status"] == "ok" and len(seen) >= 1
+    assert seen == sorted(seen) and "tick" in seen[-1][1]
 
 
 async def test_hostile_output_does_not_kill_stdio(stdio: Client) -> None:
