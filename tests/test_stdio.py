@@ -111,7 +111,10 @@ async def test_long_running_work_over_stdio(stdio: Client) -> None:
     """Background executions, their tools, interrupt_kernel on one, and progress
     notifications of a long foreground cell, through a real stdio server."""
     c = stdio
-    code = "import time\nfor i in range(3):\n    print('step', i, flush=True)\n    time.sleep(0.2)\n'done'"
+    code = (
+        "import time\nfor i in range(3):\n    print('step', i, flush=True)\n"
+        "    time.sleep(0.2)\n'done'"
+    )
     started = (
         await c.call_tool("run_python_code", {"code": code, "background": True})
     ).structured_content
