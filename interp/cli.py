@@ -50,6 +50,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=defaults.limits.snapshot_max_bytes // 2**20,
         help="most MiB one snapshot writes; larger variables are skipped and reported",
     )
+    limits = p.add_argument_group("limits per session (0 turns one off)")
+    limits.add_argument(
+        "--memory-mb",
+        type=int,
+        default=defaults.limits.memory_bytes // 2**20,
+        help="address space per worker (RLIMIT_AS); the RAM watermark is 90%% of it "
+        "(default: half the RAM, at most 8 GiB)",
+    )
+    limits.add_argument(
+        "--file-size-mb",
+        type=int,
+        default=defaults.limits.file_size_bytes // 2**20,
+        help="largest file a session may write",
+    )
+    limits.add_argument(
+        "--open-files", type=int, default=defaults.limits.open_files, help="per worker"
+    )
+    limits.add_argument(
+        "--processes",
+        type=int,
+        default=defaults.limits.processes,
+        help="processes beyond the user's count (RLIMIT_NPROC: per user, not for root)",
+    )
+    limits.add_argument(
+        "--crash-limit",
+        type=int,
+        default=defaults.limits.crash_limit,
+        help="crashes within --crash-window seconds after which a session stops restarting",
+    )
+    limits.add_argument("--crash-window", type=float, default=defaults.limits.crash_window)
     return p.parse_args(argv)
 
 
@@ -79,6 +109,12 @@ def build_config(args: argparse.Namespace) -> Config:
             max_sessions=max(1, args.max_sessions),
             snapshot_keep=max(1, args.snapshot_keep),
             snapshot_max_bytes=max(0, args.snapshot_max_mb) * 2**20,
+            memory_bytes=max(0, args.memory_mb) * 2**20,
+            file_size_bytes=max(0, args.file_size_mb) * 2**20,
+            open_files=max(0, args.open_files),
+            processes=max(0, args.processes),
+            crash_limit=max(1, args.crash_limit),
+            crash_window=max(0.0, args.crash_window),
         ),
     )
 

@@ -127,6 +127,17 @@ class WorkerShell(InteractiveShell):
     def _tee(self, channel: str) -> Iterator[None]:  # type: ignore[override]
         yield  # see module docstring: the history tee is a leak here
 
+    def showtraceback(self, exc_tuple: Any = None, *args: Any, **kwargs: Any) -> None:
+        # A deep recursion's traceback has up to a million frames: IPython took 30 s to
+        # format one. Keep the first and last frames and say how many were left out.
+        with contextlib.suppress(Exception):
+            etype, value, tb = self._get_exc_info(exc_tuple)
+            trimmed = _trim_traceback(tb)
+            if trimmed is not tb:
+                value = value.with_traceback(trimmed)
+                exc_tuple = (etype, value, trimmed)
+        super().showtraceback(exc_tuple, *args, **kwargs)
+
     def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
         lines = stb if isinstance(stb, list) else [str(stb)]
         error = {
@@ -145,6 +156,29 @@ class WorkerShell(InteractiveShell):
     def ask_exit(self) -> None:
         # exit()/quit() in a cell: the session outlives it. Say so rather than ignore it.
         sys.stderr.write("exit() ignored: use restart_kernel or delete_session to end a session.\n")
+
+
+#: Tracebacks longer than this many frames keep the first and last _TB_KEEP of them.
+_TB_LIMIT = 200
+_TB_KEEP = 40
+
+
+def _trim_traceback(tb: Any) -> Any:
+    """The traceback, with the middle of a very long chain cut out (frames are relinked:
+    tb_next is writable)."""
+    frames = []
+    node = tb
+    while node is not None:
+        frames.append(node)
+        node = node.tb_next
+    if len(frames) <= _TB_LIMIT:
+        return tb
+    frames[_TB_KEEP - 1].tb_next = frames[-_TB_KEEP]
+    sys.stderr.write(
+        f"[interp: traceback of {len(frames):,} frames; "
+        f"{len(frames) - 2 * _TB_KEEP:,} in the middle left out]\n"
+    )
+    return tb
 
 
 def _no_input(*args: Any, **kwargs: Any) -> str:

@@ -116,11 +116,22 @@ async def test_recursion_error_keeps_state(canary: Client) -> None:
     await assert_canary(canary)
 
 
+async def test_a_million_frame_traceback_is_cut_not_formatted_for_30_s(canary: Client) -> None:
+    code = "import sys\nsys.setrecursionlimit(10**6 + 100)\ndef g(n):\n    return g(n + 1)\ng(0)"
+    started = time.monotonic()
+    r = await run(canary, code, timeout=60)
+    assert time.monotonic() - started < 15  # IPython alone took ~30 s to format it
+    assert r["error"]["ename"] == "RecursionError" and "left out" in r["stderr"]
+    assert len(r["error"]["traceback"]) < 20_000
+    await run(canary, "sys.setrecursionlimit(3000)")
+    await assert_canary(canary)
+
+
 async def test_c_stack_overflow_crashes_and_restores(canary: Client) -> None:
     # CPython 3.11 runs Python-to-Python calls without using the C stack, so plain
-    # `f(n + 1)` under a 10**6 limit ends in RecursionError (after ~30 s of traceback
-    # formatting). Recursing through a C slot (`h.__call__`) uses the C stack at each level:
-    # that is the overflow a raised recursion limit lets through.
+    # `f(n + 1)` under a 10**6 limit ends in RecursionError (its traceback cut, see above).
+    # Recursing through a C slot (`h.__call__`) uses the C stack at each level: that is the
+    # overflow a raised recursion limit lets through.
     await run(canary, "kept = 5")
     code = "import sys\nsys.setrecursionlimit(10**6)\ndef h(n):\n    return h.__call__(n + 1)\nh(0)"
     r = await run(canary, code)

@@ -91,3 +91,13 @@ def test_snapshot_flags_reach_the_config() -> None:
     config = build_config(parse_args(["--snapshot-keep", "5", "--snapshot-max-mb", "10"]))
     assert config.limits.snapshot_keep == 5
     assert config.limits.snapshot_max_bytes == 10 * 2**20
+
+
+def test_cli_limits_reach_the_config() -> None:
+    from interp.cli import build_config, parse_args
+
+    args = ["--memory-mb", "512", "--file-size-mb", "0", "--crash-limit", "3"]
+    limits = build_config(parse_args(args)).limits
+    assert limits.memory_bytes == 512 * 2**20 and limits.file_size_bytes == 0
+    assert limits.crash_limit == 3
+    assert limits.worker_limits()["memory"] == 512 * 2**20
