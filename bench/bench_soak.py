@@ -2,41 +2,78 @@
 
 One server (``python main.py --port N``, its workspace and snapshots in a temporary folder) and
 one concurrent ``fastmcp.Client`` per session, all running at once. Each client creates its
-session, sets a random canary (``canary = '<token>'``) and then makes its share of mixed calls
-(weights in `MIX`), always passing ``session_id``:
+session, sets a random canary (``canary = '<token>'``) and then runs its share of mixed
+operations (weights in `MIX`), always passing ``session_id``. Most operations are one call;
+some are a short sequence of calls (`UNIT_CALLS`), and every call is timed and checked on its
+own (the table has one row per call kind):
 
 - ordinary calls: cells that change state (``n += 1`` and ``acc.append(seq)``), expressions,
   moderate prints, reads of the canary, user errors (``raise ValueError``: status "error", an
   expected outcome), ``list_variables``, ``code_completion``, ``inspect_object``,
-  ``check_kernel_responsiveness`` and ``ping``;
+  ``check_kernel_responsiveness``, ``ping`` and ``list_executions`` (with or without
+  session_id: every entry well formed, none of this session's pending, the session's last
+  execution listed with the status it ended with);
+- background executions: ``run_python_code(background=true)`` of a short state cell (a sleep
+  of 0-0.3 s, ``n += 1``, ``acc.append(seq)``, a print, an expression) must come back at once
+  with status "queued" or "running" and an ``execution_id``; ``get_execution`` is then polled
+  (``wait_seconds`` 10, the first poll sometimes 0) until done, and the result it carries is
+  checked like a foreground one (status, value, exact stdout). A session's flow waits for its
+  background work to finish before any foreground call, so no call is refused by accident;
 - faults (a few % in all): a timeout (``time.sleep(5)`` with timeout 0.3 s: rung interrupt,
   state kept), a crash (``os._exit(1)``), a segfault (``ctypes.string_at(0)``), a SIGINT-deaf
   loop with a 0.3 s timeout (rung terminate, the worker restarts), a 5 MB output flood (cut
-  to the output cap) and a ``save_checkpoint`` / ``restore_checkpoint`` pair.
+  to the output cap), a ``save_checkpoint`` / ``restore_checkpoint`` pair, an interrupt
+  (``time.sleep(30)`` started in the background, ``get_execution`` polled until it says
+  running, then ``interrupt_kernel``: interrupted, rung "interrupt", state kept; the
+  execution's result must say the same) and a deliberate refusal (a 2 s background cell, then
+  a foreground call on the same session: it must be refused at once with a tool error naming
+  get_execution; then the background cell is waited for).
+
+The restart policy. A session stops restarting by itself after ``Limits.crash_limit`` (5)
+crashes of its worker within ``Limits.crash_window`` (120 s); only real crashes count
+(``os._exit`` and the segfault here), not cells the timeout ladder stops (timeout, deaf loop,
+interrupt). Crash and segfault are 1.2 % of calls, and a session of the default run makes
+about 3 calls/s, so 120 s hold ~360 of its calls and ~4 crashes on average: five within 120 s
+happen in most sessions. That is kept on purpose, as a test of the policy, and checked
+exactly: the client notes when each crash call was sent and answered (the server's clock is
+the same monotonic clock, read somewhere in between), so for each crash it knows whether the
+server must have seen 5 within the window (then the session must fail), cannot have (then it
+must restart) or may have (either is accepted). A crash that fails the session must say so
+(status "crashed", not restarted, a notice naming restart_kernel); the client then checks
+that a foreground call is refused with an error naming restart_kernel and that list_sessions
+shows the session "failed" with its reason, and brings it back with
+``restart_kernel(preserve_state=true)``, whose recovery must restore the canary. The summary
+counts these trips.
 
 Every call's outcome is checked against what its kind must return. Anything else (a tool
 error, a transport exception, a wrong status or value, a missing field) is an unexpected
 error; the first 10 are printed. Latency is measured by the client, from the call to its
-result. At the end every session's canary is read back and compared (strict), the counters
-``n``, ``len(acc)`` and ``sum(acc)`` are compared with the state cells that returned ok
-(information only: a crash may lose the cells run just before it, which ``recovery.lost``
-names; a drift no ``recovery.lost`` explains is listed as a problem), and worker restarts
-are read from ``list_sessions`` and compared with the faults that restart a worker. Then
-the server is stopped (SIGTERM, then SIGKILL after a deadline) and every process it started
-must be gone.
+result (a get_execution poll includes its wait). At the end every session's canary is read
+back and compared (strict), the counters ``n``, ``len(acc)`` and ``sum(acc)`` are compared
+with the state cells (foreground and background) that returned ok (information only: a crash
+may lose the cells run just before it, which ``recovery.lost`` names; a drift no
+``recovery.lost`` explains is listed as a problem), worker restarts are read from
+``list_sessions`` and compared with the faults that restart a worker, every session must be
+idle with nothing running, no failure reason and its limits listed, and ``list_executions``
+must show nothing pending. Then the server is stopped (SIGTERM, then SIGKILL after a
+deadline) and every process it started must be gone.
 
 Printed: calls, wall time and calls/s of the mixed phase; p50/p99/max latency overall and per
 call kind; the CPU the server process and the clients (this process, on the same machine)
-spent; unexpected errors (target 0); worker restarts; canaries intact n/n; the slowest calls;
-the server's memory, stop time and log lines worth a look (errors, tracebacks, exceptions
-never retrieved); PASS/FAIL lines. The exit code is non-zero when
-a PASS/FAIL line fails or the benchmark itself broke.
+spent; unexpected errors (target 0); worker restarts; restart-policy trips; canaries intact
+n/n; the slowest calls; the server's memory, stop time and log lines worth a look (errors,
+tracebacks, exceptions never retrieved); PASS/FAIL lines. The exit code is non-zero when a
+PASS/FAIL line fails or the benchmark itself broke.
 
 Run from the repository root::
 
     .venv/bin/python bench/bench_soak.py                  # 20 sessions x 500 calls (minutes)
     .venv/bin/python bench/bench_soak.py --quick          # 4 sessions x 60 calls
     .venv/bin/python bench/bench_soak.py --sessions 8 --calls 200 --seed 7 --json soak.json
+
+``--calls`` is the planned number of calls per session: a multi-call operation is planned at
+its usual size (`UNIT_CALLS`), and the calls actually made differ a little (polls, trips of
+the restart policy).
 
 The server runs the code of this checkout (its cwd and PYTHONPATH are the repository; the
 benchmark checks where the workers' code comes from and stops if it is elsewhere). Every wait
@@ -96,29 +133,49 @@ MAIN = REPO / "main.py"
 
 # -- the mix ------------------------------------------------------------------------------------
 
-#: Relative weight of each call kind (they read as % of calls). "checkpoint" draws a
-#: save_checkpoint + restore_checkpoint pair (two calls). Every session's plan also holds each
-#: kind at least once, so short runs exercise every fault.
+#: Relative weight of each operation (they read roughly as % of calls). Most are one call;
+#: those in `UNIT_CALLS` are a sequence. Every session's plan also holds each operation at
+#: least once, so short runs exercise every fault.
 MIX: dict[str, float] = {
-    "state": 30.0,  # n += 1; acc.append(seq)
-    "expr": 14.0,  # sum(range(k))
-    "print": 10.0,  # 20-200 short lines
+    "state": 27.0,  # n += 1; acc.append(seq)
+    "expr": 12.0,  # sum(range(k))
+    "print": 9.0,  # 20-200 short lines
     "canary": 4.0,  # read the canary back mid-run
-    "user_error": 6.0,  # raise ValueError: status "error" is the expected outcome
-    "list_variables": 6.0,
-    "code_completion": 6.0,
-    "inspect_object": 6.0,
-    "check_kernel_responsiveness": 6.0,
-    "ping": 6.0,
-    # faults, ~4 % of calls in all
+    "user_error": 5.0,  # raise ValueError: status "error" is the expected outcome
+    "list_variables": 5.0,
+    "code_completion": 5.0,
+    "inspect_object": 5.0,
+    "check_kernel_responsiveness": 5.0,
+    "ping": 5.0,
+    "list_executions": 3.0,
+    "background": 4.0,  # a short state cell in the background, get_execution until done
+    # faults, ~5 % of calls in all
     "timeout": 1.2,  # time.sleep(5), timeout 0.3 s: rung interrupt, state kept
     "crash": 0.6,  # os._exit(1)
     "segfault": 0.6,  # ctypes.string_at(0)
     "deaf_loop": 0.4,  # SIGINT ignored, timeout 0.3 s: rung terminate, worker restarted
     "flood": 0.8,  # 5 MB of stdout, cut to the output cap
-    "checkpoint": 0.4,  # save_checkpoint then restore_checkpoint (2 calls)
+    "checkpoint": 0.4,  # save_checkpoint then restore_checkpoint
+    "interrupt": 0.3,  # time.sleep(30) in the background, interrupt_kernel once running
+    "refusal": 0.25,  # a 2 s background cell, then a foreground call: refused
 }
-FAULTS = {
+#: Operations of more than one call, with the calls they usually make (for the plan's size).
+UNIT_CALLS = {"checkpoint": 2, "background": 2, "interrupt": 4, "refusal": 3}
+#: Call kinds, in table order (an operation's calls each have their own kind).
+KINDS = [
+    "state",
+    "expr",
+    "print",
+    "canary",
+    "user_error",
+    "list_variables",
+    "code_completion",
+    "inspect_object",
+    "check_kernel_responsiveness",
+    "ping",
+    "list_executions",
+    "background",  # run_python_code(background=true) of the short cell
+    "get_execution",  # every poll, of every operation
     "timeout",
     "crash",
     "segfault",
@@ -126,23 +183,31 @@ FAULTS = {
     "flood",
     "save_checkpoint",
     "restore_checkpoint",
-}
-#: Kinds whose expected outcome replaces the session's worker (list_sessions counts these).
-RESTARTING = {"crash", "segfault", "deaf_loop", "restore_checkpoint"}
-#: Table order: the call kinds as the plan names them.
-KINDS = [
-    *(k for k in MIX if k != "checkpoint"),
-    "save_checkpoint",
-    "restore_checkpoint",
+    "bg_sleep",  # run_python_code(background=true) of time.sleep(30)
+    "interrupt_kernel",
+    "bg_hold",  # run_python_code(background=true) of time.sleep(2)
+    "refused_busy",  # the foreground call made while bg_hold runs
+    "list_sessions",  # after a crash failed the session (restart policy)
+    "refused_failed",  # the foreground call made then
+    "restart_kernel",  # restart_kernel(preserve_state=true), which brings it back
 ]
+FAULTS = set(KINDS[KINDS.index("timeout") :])
 
 FAULT_TIMEOUT_S = 0.3  # run_python_code timeout of the timeout and deaf-loop cells
 FLOOD_CHARS = 5_000_000
-OUTPUT_CAP = Limits().output_chars  # per stream, what a result keeps
+LIMITS = Limits()
+OUTPUT_CAP = LIMITS.output_chars  # per stream, what a result keeps
+CRASH_LIMIT = LIMITS.crash_limit  # crashes within CRASH_WINDOW_S that fail a session
+CRASH_WINDOW_S = LIMITS.crash_window
 CALL_TIMEOUT_S = 60.0  # client-side deadline of one call: beyond it, an unexpected error
+POLL_WAIT_S = 10.0  # get_execution's wait_seconds while waiting for a background cell
+SETTLE_DEADLINE_S = 60.0  # a background cell must be done by then (the sleep(30) included)
+RUNNING_DEADLINE_S = 10.0  # the sleep(30) must be seen running by then
+HOLD_S = 2.0  # the background cell a foreground call is refused behind
 START_DEADLINE_S = 60.0  # server start to listening
 STOP_DEADLINE_S = 20.0  # SIGTERM to exit (idle sessions get 5 s to flush their snapshots)
 EXAMPLES = 10  # unexpected errors printed
+PENDING = ("queued", "running")
 
 DEAF_CODE = (
     "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
@@ -215,9 +280,14 @@ def holds(path: str, pred: Callable[[Any], bool], what: str) -> Check:
     return check
 
 
+def is_execution_id(value: Any) -> bool:
+    return isinstance(value, str) and value[:1] == "x" and value[1:].isdigit()
+
+
 CANARY_RESTORED = holds(
     "recovery.restored", lambda v: isinstance(v, list) and "canary" in v, "canary not restored"
 )
+HAS_EXECUTION_ID = holds("execution_id", is_execution_id, "no execution_id")
 
 #: The expected outcome of each kind, in words (the table's column).
 EXPECTED = {
@@ -231,24 +301,37 @@ EXPECTED = {
     "inspect_object": "found",
     "check_kernel_responsiveness": "responsive",
     "ping": "ok",
+    "list_executions": "last listed, none pending",
+    "background": "queued/running at once",
+    "get_execution": "pending, or done + result",
     "timeout": "timeout/interrupt",
-    "crash": "crashed exit 1, restored",
-    "segfault": "crashed SIGSEGV, restored",
+    "crash": "crashed exit 1, restored*",
+    "segfault": "crashed SIGSEGV, restored*",
     "deaf_loop": "timeout/terminate, restored",
     "flood": f"ok, cut to {OUTPUT_CAP:,}",
     "save_checkpoint": "saved, none skipped",
     "restore_checkpoint": "canary restored",
+    "bg_sleep": "queued/running at once",
+    "interrupt_kernel": "interrupted/interrupt",
+    "bg_hold": "queued/running at once",
+    "refused_busy": "tool error: get_execution",
+    "list_sessions": "failed, with its reason",
+    "refused_failed": "tool error: restart_kernel",
+    "restart_kernel": "canary restored",
 }
 
 
 def make_call(kind: str, sid: str, token: str, seq: int, rng: random.Random) -> Call:
-    """The call of one kind for session sid (seq: its number in the session's plan)."""
+    """The call of one kind for session sid (seq: its operation's number in the plan). For
+    crash and segfault, the check leaves out what the restart policy decides (restarted)."""
 
     def run(code: str, check: Check, timeout: float | None = None) -> Call:
         args: dict[str, Any] = {"code": code, "session_id": sid}
         if timeout is not None:
             args["timeout"] = timeout
-        return Call(kind, "run_python_code", args, both(expect(session_id=sid), check))
+        return Call(
+            kind, "run_python_code", args, both(expect(session_id=sid), HAS_EXECUTION_ID, check)
+        )
 
     if kind == "state":
         call = run(f"n += 1\nacc.append({seq})", expect(status="ok", error=None))
@@ -276,17 +359,11 @@ def make_call(kind: str, sid: str, token: str, seq: int, rng: random.Random) -> 
             FAULT_TIMEOUT_S,
         )
     if kind == "crash":
-        return run(
-            "import os\nos._exit(1)",
-            both(expect(status="crashed", crash__exitcode=1, restarted=True), CANARY_RESTORED),
-        )
+        return run("import os\nos._exit(1)", expect(status="crashed", crash__exitcode=1))
     if kind == "segfault":
         return run(
             "import ctypes\nctypes.string_at(0)",
-            both(
-                expect(status="crashed", crash__signal="SIGSEGV", restarted=True),
-                CANARY_RESTORED,
-            ),
+            expect(status="crashed", crash__signal="SIGSEGV"),
         )
     if kind == "deaf_loop":
         return run(
@@ -339,24 +416,98 @@ def make_call(kind: str, sid: str, token: str, seq: int, rng: random.Random) -> 
     raise ValueError(f"unknown call kind {kind!r}")
 
 
+def started_check(sid: str) -> Check:
+    """run_python_code(background=true): back at once, pending, with an execution_id."""
+    return both(
+        expect(session_id=sid, stdout="", result=None, error=None),
+        holds("status", lambda s: s in PENDING, "not queued/running"),
+        HAS_EXECUTION_ID,
+    )
+
+
+def execution_check(sid: str, xid: str, final: Check | None) -> Check:
+    """get_execution of xid: consistent whether pending or done; once done, `final` checks
+    the run_python_code result it carries (None: it must not be done yet)."""
+
+    def check(data: dict[str, Any]) -> str | None:
+        info = data.get("execution")
+        if not isinstance(info, dict):
+            return f"execution={_short(info)}"
+        for key, want in (("execution_id", xid), ("session_id", sid), ("background", True)):
+            if info.get(key) != want:
+                return f"execution.{key}={_short(info.get(key))}, expected {want!r}"
+        status, done, result = info.get("status"), data.get("done"), data.get("result")
+        if done is False:
+            if status not in PENDING:
+                return f"not done but execution.status={status!r}"
+            return None if result is None else "not done but a result"
+        if done is not True:
+            return f"done={_short(done)}"
+        if final is None:
+            return f"already done ({status}), expected it pending"
+        if status in PENDING:
+            return f"done but execution.status={status!r}"
+        if not isinstance(result, dict):
+            return f"done without a result (failure {data.get('failure')!r})"
+        if result.get("execution_id") != xid or result.get("status") != status:
+            return (
+                f"result.execution_id={result.get('execution_id')!r}, status "
+                f"{result.get('status')!r} (execution {xid}, {status!r})"
+            )
+        if data.get("stdout") != result.get("stdout"):
+            return "stdout differs from result.stdout"
+        return final(result)
+
+    return check
+
+
+def executions_check(sid: str, scoped: bool, last: tuple[str, str] | None) -> Check:
+    """list_executions: well formed; none of sid's pending (its flow waits for each one);
+    `last` (sid's latest execution and its status, if its previous call made one) listed."""
+
+    def check(data: dict[str, Any]) -> str | None:
+        entries = data.get("executions")
+        if not isinstance(entries, list) or data.get("count") != len(entries):
+            return f"count={_short(data.get('count'))} for {_short(entries)}"
+        pending = 0
+        seen: dict[str, Any] = {}
+        for e in entries:
+            if not isinstance(e, dict) or not is_execution_id(e.get("execution_id")):
+                return f"entry {_short(e)}"
+            if scoped and e.get("session_id") != sid:
+                return f"{e['execution_id']} of session {e.get('session_id')!r} listed"
+            if e.get("status") in PENDING:
+                pending += 1
+                if e.get("session_id") == sid:
+                    return f"{e['execution_id']} of this session is {e.get('status')}"
+            seen[e["execution_id"]] = e.get("status")
+        if pending + LIMITS.executions_kept < len(entries):
+            return f"{len(entries)} listed, {pending} pending: more than kept"
+        if last is not None and seen.get(last[0]) != last[1]:
+            return f"{last[0]} ({last[1]}) listed as {_short(seen.get(last[0], MISSING))}"
+        return None
+
+    return check
+
+
 def plan(rng: random.Random, calls: int) -> list[str]:
-    """A session's call kinds: each kind once (if calls allow), the rest drawn by weight, in
-    random order; a checkpoint is a save + restore pair, kept adjacent."""
+    """A session's operations: each once (if calls allow), the rest drawn by weight, in
+    random order, until their usual calls (`UNIT_CALLS`) make `calls`."""
 
-    def unit(kind: str) -> list[str]:
-        return ["save_checkpoint", "restore_checkpoint"] if kind == "checkpoint" else [kind]
+    def size(op: str) -> int:
+        return UNIT_CALLS.get(op, 1)
 
-    units = [unit(k) for k in MIX] if calls >= len(KINDS) * 2 else []
-    kinds, weights = list(MIX), list(MIX.values())
-    size = sum(len(u) for u in units)
-    while size < calls:
-        u = unit(rng.choices(kinds, weights)[0])
-        if size + len(u) > calls:
+    ops = list(MIX) if calls >= 2 * sum(size(k) for k in MIX) else []
+    names, weights = list(MIX), list(MIX.values())
+    total = sum(size(k) for k in ops)
+    while total < calls:
+        op = rng.choices(names, weights)[0]
+        if total + size(op) > calls:
             continue
-        units.append(u)
-        size += len(u)
-    rng.shuffle(units)
-    return [k for u in units for k in u]
+        ops.append(op)
+        total += size(op)
+    rng.shuffle(ops)
+    return ops
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -365,12 +516,12 @@ def plan(rng: random.Random, calls: int) -> list[str]:
 @dataclass
 class Unexpected:
     session: str
-    index: int  # the call's position in the session's plan; -1 for setup and checks
+    index: int  # the operation's position in the session's plan; -1 for setup and checks
     kind: str
     what: str
 
     def line(self) -> str:
-        where = f"call {self.index}" if self.index >= 0 else "setup/check"
+        where = f"op {self.index}" if self.index >= 0 else "setup/check"
         return f"{self.session} {where} {self.kind}: {self.what}"
 
 
@@ -378,11 +529,18 @@ class Unexpected:
 class SessionRun:
     sid: str
     token: str
-    kinds: list[str]
+    ops: list[str]
     created: bool = False
     ok_states: list[int] = field(default_factory=list)  # seq of state cells that returned ok
     restarts_expected: int = 0
     lost: Counter[str] = field(default_factory=Counter)  # names recovery.lost reported
+    #: (sent, answered), monotonic, of each crash since the restart policy last reset.
+    crashes: list[tuple[float, float]] = field(default_factory=list)
+    crashes_sent: int = 0
+    policy_trips: int = 0  # crashes that failed the session (brought back by restart_kernel)
+    policy_either: int = 0  # crashes where the timing allowed either outcome
+    #: The session's latest execution and its status, if its previous call made one.
+    last_execution: tuple[str, str] | None = None
 
 
 @dataclass
@@ -432,19 +590,27 @@ class CallFailed(RuntimeError):
         self.ms = ms
 
 
-async def call_tool(client: Any, tool: str, args: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """One call: its structured result and its latency in ms. CallFailed describes any
-    outcome that is not a structured result (tool error, transport error, no content)."""
+async def raw_call(client: Any, tool: str, args: dict[str, Any]) -> tuple[Any, float]:
+    """One call: the CallToolResult and its latency in ms; CallFailed if there is none."""
     t0 = time.perf_counter()
     try:
         result = await client.call_tool(tool, args, raise_on_error=False, timeout=CALL_TIMEOUT_S)
     except Exception as exc:  # transport, timeout, protocol: all unexpected
         ms = (time.perf_counter() - t0) * 1000
         raise CallFailed(f"{type(exc).__name__}: {exc} (after {ms:.0f} ms)", ms) from exc
-    ms = (time.perf_counter() - t0) * 1000
+    return result, (time.perf_counter() - t0) * 1000
+
+
+def error_text(result: Any) -> str:
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+async def call_tool(client: Any, tool: str, args: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """One call: its structured result and its latency in ms. CallFailed describes any
+    outcome that is not a structured result (tool error, transport error, no content)."""
+    result, ms = await raw_call(client, tool, args)
     if result.is_error:
-        text = " ".join(getattr(c, "text", "") for c in result.content)
-        raise CallFailed(f"tool error: {text[:200]}", ms)
+        raise CallFailed(f"tool error: {error_text(result)[:200]}", ms)
     if not isinstance(result.structured_content, dict):
         raise CallFailed("no structured content", ms)
     return result.structured_content, ms
@@ -473,7 +639,7 @@ async def session_client(
             arrived = True
             await barrier.wait()  # the mixed phase starts for everyone at once
             if run.created:
-                await run_plan(client, run, soak, rng)
+                await run_plan(Caller(client, run, soak, rng))
     except Exception as exc:  # the client itself failed (connect, close)
         soak.unexpected(Unexpected(run.sid, -1, "client", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -481,52 +647,278 @@ async def session_client(
             await barrier.wait()
 
 
+def _exec_part(tool: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The run_python_code result in a call's data: itself, or get_execution's result."""
+    if tool == "get_execution":
+        result = data.get("result")
+        return result if isinstance(result, dict) else {}
+    return data if tool == "run_python_code" else {}
+
+
 def trace_entry(
-    sid: str, index: int, kind: str, ms: float, data: dict[str, Any], why: str | None
+    sid: str, index: int, kind: str, ms: float, tool: str, data: dict[str, Any], why: str | None
 ) -> dict[str, Any]:
-    recovery: dict[str, Any] = data.get("recovery") or {}
+    res = _exec_part(tool, data)
+    recovery: dict[str, Any] = res.get("recovery") or data.get("recovery") or {}
+    info = data.get("execution") if tool == "get_execution" else None
     return {
         "t": round(time.time(), 4),
         "session": sid,
-        "call": index,
+        "op": index,
         "kind": kind,
         "ms": round(ms, 2),
-        "status": data.get("status"),
-        "execution_count": data.get("execution_count"),
-        "restarted": data.get("restarted"),
-        "timeout_rung": data.get("timeout_rung"),
+        "execution_id": res.get("execution_id") or (info or {}).get("execution_id"),
+        "status": res.get("status") or (info or {}).get("status") or data.get("status"),
+        "done": data.get("done"),
+        "execution_count": res.get("execution_count"),
+        "restarted": res.get("restarted"),
+        "timeout_rung": res.get("timeout_rung") or data.get("timeout_rung"),
         "recovery_source": recovery.get("source"),
         "recovery_lost": recovery.get("lost"),
-        "notices": data.get("notices"),
+        "notices": res.get("notices"),
         "unexpected": why,
     }
 
 
-async def run_plan(client: Any, run: SessionRun, soak: Soak, rng: random.Random) -> None:
-    for index, kind in enumerate(run.kinds):
-        call = make_call(kind, run.sid, run.token, index, rng)
+@dataclass
+class Caller:
+    """One session's client: makes, times, checks and books each call of its plan."""
+
+    client: Any
+    run: SessionRun
+    soak: Soak
+    rng: random.Random
+    index: int = 0  # the operation being run
+
+    def unexpected(self, kind: str, what: str) -> None:
+        self.soak.unexpected(Unexpected(self.run.sid, self.index, kind, what))
+
+    async def call(
+        self, kind: str, tool: str, args: dict[str, Any], check: Check, seq: int | None = None
+    ) -> dict[str, Any] | None:
+        """Make one call and check it; its data, or None if it returned none (unexpected).
+        seq: the cell appends seq to acc (counted if it ends ok)."""
         try:
-            data, ms = await call_tool(client, call.tool, call.args)
+            data, ms = await call_tool(self.client, tool, args)
         except CallFailed as exc:
-            soak.finish(kind, exc.ms, run.sid, index)
-            soak.unexpected(Unexpected(run.sid, index, kind, str(exc)))
-            continue
-        soak.finish(kind, ms, run.sid, index)
+            self.soak.finish(kind, exc.ms, self.run.sid, self.index)
+            self.unexpected(kind, str(exc))
+            return None
+        self.soak.finish(kind, ms, self.run.sid, self.index)
         try:
-            why = call.check(data)
+            why = check(data)
         except Exception as exc:  # a result of an unexpected shape
             why = f"checking the result failed: {type(exc).__name__}: {exc}"
         if why is not None:
-            soak.unexpected(Unexpected(run.sid, index, kind, why))
-        if soak.trace is not None:
-            soak.trace.append(trace_entry(run.sid, index, kind, ms, data, why))
-        if call.seq is not None and data.get("status") == "ok":
-            run.ok_states.append(call.seq)
-        if kind in RESTARTING and (kind == "restore_checkpoint" or data.get("restarted")):
+            self.unexpected(kind, why)
+        if self.soak.trace is not None:
+            self.soak.trace.append(trace_entry(self.run.sid, self.index, kind, ms, tool, data, why))
+        self.book(kind, tool, data, seq)
+        return data
+
+    def book(self, kind: str, tool: str, data: dict[str, Any], seq: int | None) -> None:
+        run = self.run
+        res = _exec_part(tool, data)
+        if seq is not None and res.get("status") == "ok":
+            run.ok_states.append(seq)
+        if kind == "restore_checkpoint" or res.get("restarted") is True:
             run.restarts_expected += 1
-        recovery = data.get("recovery")
+        recovery = res.get("recovery") or data.get("recovery")
         if isinstance(recovery, dict):
             run.lost.update(recovery.get("lost") or [])
+        xid = res.get("execution_id")
+        status = res.get("status") or _get(data, "execution.status")
+        if tool == "get_execution":
+            xid = _get(data, "execution.execution_id")
+        run.last_execution = (xid, status) if isinstance(xid, str) and status else None
+
+    async def refused(self, kind: str, tool: str, args: dict[str, Any], mention: str) -> None:
+        """A call that must fail at once with a tool error that mentions `mention`."""
+        try:
+            result, ms = await raw_call(self.client, tool, args)
+        except CallFailed as exc:
+            self.soak.finish(kind, exc.ms, self.run.sid, self.index)
+            self.unexpected(kind, str(exc))
+            return
+        self.soak.finish(kind, ms, self.run.sid, self.index)
+        text = error_text(result)
+        why = None
+        if not result.is_error:
+            data = result.structured_content or {}
+            why = f"not refused: status {data.get('status')!r}, result {data.get('result')!r}"
+        elif mention not in text:
+            why = f"refused without naming {mention}: {text[:200]}"
+        if why is not None:
+            self.unexpected(kind, why)
+        if self.soak.trace is not None:
+            entry = trace_entry(self.run.sid, self.index, kind, ms, tool, {}, why)
+            self.soak.trace.append({**entry, "error": text[:300]})
+
+    async def start(self, kind: str, code: str, seq: int | None = None) -> str | None:
+        """run_python_code(background=true); the execution_id, or None if it did not start."""
+        args: dict[str, Any] = {"code": code, "session_id": self.run.sid, "background": True}
+        data = await self.call(kind, "run_python_code", args, started_check(self.run.sid), seq)
+        xid = data.get("execution_id") if data else None
+        return xid if is_execution_id(xid) and data and data.get("status") in PENDING else None
+
+    async def settle(
+        self, xid: str, final: Check, seq: int | None = None, first: float = POLL_WAIT_S
+    ) -> dict[str, Any] | None:
+        """Poll get_execution (first with wait_seconds=first) until xid is done; `final`
+        checks its result. Its data, or None."""
+        check = execution_check(self.run.sid, xid, final)
+        deadline = time.monotonic() + SETTLE_DEADLINE_S
+        wait = first
+        while True:
+            args = {"execution_id": xid, "wait_seconds": wait}
+            data = await self.call("get_execution", "get_execution", args, check, seq)
+            if data is None or data.get("done") is not False:
+                return data
+            if time.monotonic() > deadline:
+                self.unexpected("get_execution", f"{xid} not done after {SETTLE_DEADLINE_S} s")
+                return None
+            wait = POLL_WAIT_S
+
+
+async def run_plan(c: Caller) -> None:
+    run = c.run
+    for index, op in enumerate(run.ops):
+        c.index = index
+        if op == "checkpoint":
+            for kind in ("save_checkpoint", "restore_checkpoint"):
+                call = make_call(kind, run.sid, run.token, index, c.rng)
+                await c.call(kind, call.tool, call.args, call.check)
+        elif op == "background":
+            await background_op(c, index)
+        elif op == "interrupt":
+            await interrupt_op(c)
+        elif op == "refusal":
+            await refusal_op(c)
+        elif op in ("crash", "segfault"):
+            await crash_op(c, op, index)
+        elif op == "list_executions":
+            scoped = c.rng.random() < 0.75
+            args = {"session_id": run.sid} if scoped else {}
+            check = executions_check(run.sid, scoped, run.last_execution)
+            await c.call(op, op, args, check)
+        else:
+            call = make_call(op, run.sid, run.token, index, c.rng)
+            await c.call(op, call.tool, call.args, call.check, call.seq)
+
+
+async def background_op(c: Caller, seq: int) -> None:
+    """A short state cell in the background, then get_execution until it is done."""
+    k = c.rng.randrange(10, 100_000)
+    nap = round(c.rng.uniform(0.0, 0.3), 3)
+    code = (
+        f"import time\ntime.sleep({nap})\nn += 1\nacc.append({seq})\nprint('bg', {seq})\n"
+        f"sum(range({k}))"
+    )
+    xid = await c.start("background", code)
+    if xid is None:
+        return
+    final = expect(status="ok", result=str(sum(range(k))), stdout=f"bg {seq}\n", error=None)
+    first = 0.0 if c.rng.random() < 0.5 else POLL_WAIT_S
+    await c.settle(xid, final, seq, first)
+
+
+async def interrupt_op(c: Caller) -> None:
+    """time.sleep(30) in the background; once get_execution says it runs, interrupt_kernel
+    must stop it by SIGINT (rung interrupt), and get_execution must say the same."""
+    sid = c.run.sid
+    xid = await c.start("bg_sleep", "import time\ntime.sleep(30)")
+    if xid is None:
+        return
+    deadline = time.monotonic() + RUNNING_DEADLINE_S
+    pending = execution_check(sid, xid, None)
+    while True:
+        args = {"execution_id": xid, "wait_seconds": 0}
+        data = await c.call("get_execution", "get_execution", args, pending)
+        status = _get(data, "execution.status") if data else None
+        if status == "running":
+            break
+        if status != "queued" or time.monotonic() > deadline:
+            c.unexpected("get_execution", f"{xid} never seen running (last {status!r})")
+            break
+        await asyncio.sleep(0.02)
+    stopped = both(
+        expect(session_id=sid, interrupted=True, execution_id=xid, status="interrupted"),
+        expect(timeout_rung="interrupt", state="idle"),
+    )
+    await c.call("interrupt_kernel", "interrupt_kernel", {"session_id": sid}, stopped)
+    final = expect(
+        status="interrupted", timeout_rung="interrupt", restarted=False, state_lost=False
+    )
+    await c.settle(xid, final)
+
+
+async def refusal_op(c: Caller) -> None:
+    """A 2 s background cell; a foreground call meanwhile must be refused at once, naming
+    get_execution; then the background cell is waited for."""
+    sid = c.run.sid
+    xid = await c.start("bg_hold", f"import time\ntime.sleep({HOLD_S})\n'held'")
+    if xid is None:
+        return
+    args = {"code": "canary", "session_id": sid}
+    await c.refused("refused_busy", "run_python_code", args, "get_execution")
+    await c.settle(xid, expect(status="ok", result="'held'"))
+
+
+async def crash_op(c: Caller, kind: str, seq: int) -> None:
+    """A crash or a segfault, checked against the restart policy (see the module docstring);
+    if it failed the session: a refused call, list_sessions, restart_kernel(preserve)."""
+    run = c.run
+    call = make_call(kind, run.sid, run.token, seq, c.rng)
+    sent = time.monotonic()
+    verdict: dict[str, bool] = {}
+
+    def policy(data: dict[str, Any]) -> str | None:
+        now = time.monotonic()  # >= when the answer came, so "must" below is sound
+        must = 1 + sum(1 for s, _ in run.crashes if now - s <= CRASH_WINDOW_S)
+        may = 1 + sum(1 for _, r in run.crashes if sent - r <= CRASH_WINDOW_S)
+        verdict["either"] = must < CRASH_LIMIT <= may
+        restarted = data.get("restarted")
+        if restarted is True:
+            if must >= CRASH_LIMIT:
+                return f"restarted after {must} crashes within {CRASH_WINDOW_S:.0f} s"
+            return CANARY_RESTORED(data)
+        if restarted is not False:
+            return f"restarted={_short(restarted)}"
+        if may < CRASH_LIMIT:
+            return f"not restarted after at most {may} crashes within {CRASH_WINDOW_S:.0f} s"
+        notices = " ".join(str(n) for n in data.get("notices") or [])
+        if "restart_kernel" not in notices:
+            return f"failed without a notice naming restart_kernel: {_short(notices)}"
+        return None
+
+    data = await c.call(kind, call.tool, call.args, both(call.check, policy))
+    run.crashes_sent += 1
+    run.crashes.append((sent, time.monotonic()))
+    run.policy_either += verdict.get("either", False)
+    if data is None or data.get("status") != "crashed" or data.get("restarted") is not False:
+        return
+    # The session failed (the restart policy): it must say so, then come back on request.
+    run.policy_trips += 1
+    args = {"code": "canary", "session_id": run.sid}
+    await c.refused("refused_failed", "run_python_code", args, "restart_kernel")
+
+    def listed_failed(data: dict[str, Any]) -> str | None:
+        mine = [s for s in data.get("sessions") or [] if s.get("session_id") == run.sid]
+        if len(mine) != 1:
+            return f"{run.sid} listed {len(mine)} times"
+        s = mine[0]
+        if s.get("state") != "failed" or "restart_kernel" not in str(s.get("failed_reason")):
+            return f"state {s.get('state')!r}, failed_reason {_short(s.get('failed_reason'))}"
+        return None
+
+    await c.call("list_sessions", "list_sessions", {}, listed_failed)
+    args = {"preserve_state": True, "session_id": run.sid}
+    back = both(
+        expect(session_id=run.sid, restarted=True, preserve_state=True, recovery__failed=[]),
+        CANARY_RESTORED,
+    )
+    await c.call("restart_kernel", "restart_kernel", args, back)
+    run.crashes.clear()  # restart_kernel resets the policy's count
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -695,16 +1087,16 @@ async def soak(args: argparse.Namespace, server: Server, report: Report) -> None
         SessionRun(
             sid=f"soak-{i:02d}",
             token=f"{master.getrandbits(64):016x}",
-            kinds=plan(random.Random(master.getrandbits(64)), args.calls),
+            ops=plan(random.Random(master.getrandbits(64)), args.calls),
         )
         for i in range(args.sessions)
     ]
     rngs = [random.Random(master.getrandbits(64)) for _ in runs]
-    total = sum(len(r.kinds) for r in runs)
+    total = sum(UNIT_CALLS.get(op, 1) for r in runs for op in r.ops)  # about
     state = Soak(total=total, next_mark=max(1, total // 10))
     if args.trace:
         state.trace = []
-    report.extra["planned"] = dict(Counter(k for r in runs for k in r.kinds))
+    report.extra["planned"] = dict(Counter(op for r in runs for op in r.ops))
     progress(
         f"{args.sessions} clients x {args.calls} calls over HTTP ({server.url}), seed {args.seed}"
     )
@@ -783,9 +1175,25 @@ async def soak(args: argparse.Namespace, server: Server, report: Report) -> None
                 )
             if s.get("state") != "idle" or s.get("pid") is None:
                 report.problem(f"{run.sid} at the end: state {s.get('state')}, pid {s['pid']}")
+            if s.get("running") is not None or s.get("failed_reason") is not None:
+                report.problem(
+                    f"{run.sid} at the end: running {s.get('running')!r}, failed_reason "
+                    f"{_short(s.get('failed_reason'))}"
+                )
+            if not isinstance(s.get("limits"), list) or not s["limits"]:
+                report.problem(f"{run.sid} at the end: limits {_short(s.get('limits'))}")
         report.extra["restarts"] = restarts
         report.extra["restarts_expected"] = expected_restarts
         report.extra["sessions_listed"] = len(info)
+        listing, _ = await call_tool(admin, "list_executions", {})
+        entries = listing.get("executions") or []
+        pending = [e for e in entries if e.get("status") in PENDING]
+        if pending or listing.get("count") != len(entries):
+            report.problem(
+                f"list_executions at the end: count {listing.get('count')}, "
+                f"{len(entries)} listed, pending: {_short(pending, 300)}"
+            )
+        report.extra["executions_listed_end"] = len(entries)
         ping, _ = await call_tool(admin, "ping", {})
         report.extra["final_ping"] = ping
     report.extra["canaries_intact"] = canaries_ok
@@ -793,6 +1201,9 @@ async def soak(args: argparse.Namespace, server: Server, report: Report) -> None
     report.extra["counters_exact"] = counters_ok
     report.extra["counter_drift"] = drift
     report.extra["lost_names"] = dict(sum((r.lost for r in runs), Counter()))
+    report.extra["crashes_sent"] = sum(r.crashes_sent for r in runs)
+    report.extra["policy_trips"] = {r.sid: r.policy_trips for r in runs if r.policy_trips}
+    report.extra["policy_either"] = sum(r.policy_either for r in runs)
     report.extra["unexpected"] = len(state.errors)
     report.extra["unexpected_by_kind"] = dict(state.errors_by_kind)
     report.extra["unexpected_examples"] = [e.line() for e in state.errors[:EXAMPLES]]
@@ -902,8 +1313,18 @@ def summary_lines(report: Report, args: argparse.Namespace) -> tuple[list[str], 
     planned = ex.get("planned", {})
     lines.append(
         f"worker restarts  {restarts} (the faults sent explain {expected}: "
-        + ", ".join(f"{planned.get(k, 0)} {k}" for k in sorted(RESTARTING))
-        + " planned)"
+        + ", ".join(
+            f"{planned.get(k, 0)} {k}" for k in ("crash", "segfault", "deaf_loop", "checkpoint")
+        )
+        + " planned; a crash that fails the session does not restart it)"
+    )
+    trips = ex.get("policy_trips", {})
+    lines.append(
+        f"restart policy   {sum(trips.values())} crash(es) failed their session "
+        f"({CRASH_LIMIT} within {CRASH_WINDOW_S:.0f} s), each followed by a refused call, "
+        f"list_sessions and restart_kernel(preserve_state=true); {len(trips)} sessions; "
+        f"{ex.get('crashes_sent', 0)} crashes sent, {ex.get('policy_either', 0)} too close to "
+        "call (either outcome accepted)"
     )
     sessions = ex.get("sessions", args.sessions)
     canaries = ex.get("canaries_intact", 0)

@@ -99,6 +99,10 @@ class RecoveryInfo(BaseModel):
     )
     failed: list[VarIssue] = Field(description="names that could not be loaded, with why")
     lost: list[str] = Field(description="names (re)bound by cells after the snapshot: lost")
+    maybe_lost: list[str] = Field(
+        description="values cells after the snapshot may have changed in place: those "
+        "changes may be lost ('*': a cell that may have changed anything)"
+    )
     rejected: list[str] = Field(description="newer snapshots skipped as corrupt or partial")
     duration_ms: float | None = Field(description="time the worker took to restore")
 

@@ -56,6 +56,9 @@ def recovery_text(info: dict[str, Any]) -> str:
             lines.append(f"{key}: {item['name']}: {item['reason']}")
     if info.get("lost"):
         lines.append("lost (changed after that snapshot): " + ", ".join(info["lost"]))
+    if info.get("maybe_lost"):
+        maybe = ", ".join(info["maybe_lost"])
+        lines.append(f"maybe lost (changed in place after that snapshot): {maybe}")
     for why in info.get("rejected") or []:
         lines.append(f"skipped a newer snapshot: {why}")
     return "\n".join(lines)

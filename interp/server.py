@@ -284,6 +284,7 @@ def _recovery(info: dict[str, Any] | None) -> RecoveryInfo | None:
         skipped=_issues(info["skipped"]),
         failed=_issues(info["failed"]),
         lost=info["lost"],
+        maybe_lost=info.get("maybe_lost", []),
         rejected=info["rejected"],
         duration_ms=info.get("duration_ms"),
     )

@@ -156,6 +156,7 @@ class Session:
         #: How long the last snapshot paused the session (the fork), milliseconds.
         self.snapshot_pause_ms: float | None = None
         self._changes: dict[int, list[str]] = {}  # cell number -> names it (re)bound
+        self._touched: dict[int, list[str]] = {}  # cell number -> values it may have mutated
         self._unsaved: set[str] = set()  # names the last snapshot skipped or failed
         self._recovery: dict[str, Any] | None = None  # a revival's report, for the next cell
         if dormant:
@@ -279,6 +280,8 @@ class Session:
         covered = message.get("execution_count") or 0
         for count in [c for c in self._changes if c <= covered]:
             del self._changes[count]
+        for count in [c for c in self._touched if c <= covered]:
+            del self._touched[count]
         unsaved = {e["name"]: e["reason"] for e in message.get("skipped", [])}
         unsaved |= {e["name"]: e["reason"] for e in message.get("failed", [])}
         new = sorted(set(unsaved) - self._unsaved)
@@ -327,15 +330,20 @@ class Session:
         """What a restore brought back and what it could not, for the agent."""
         # Cells after the restored snapshot: their (re)bindings are gone.
         covered = report.get("execution_count") if report.get("found") else None
-        lost = sorted(
-            {
+
+        def after(cells: dict[int, list[str]]) -> set[str]:
+            return {
                 name
-                for count, names in self._changes.items()
+                for count, names in cells.items()
                 if not isinstance(covered, int) or count > covered
                 for name in names
             }
-        )
+
+        lost = sorted(after(self._changes))
+        # Changed in place after the snapshot ("*": a cell that may have changed anything).
+        maybe = sorted(after(self._touched) - set(lost))
         self._changes.clear()  # the new worker starts from the restored state
+        self._touched.clear()
         restored = list(report.get("restored") or [])
         if report.get("found"):
             created = report.get("created") or time.time()
@@ -352,6 +360,7 @@ class Session:
             "skipped": list(report.get("skipped") or []),
             "failed": list(report.get("failed") or []),
             "lost": lost,
+            "maybe_lost": maybe,
             "rejected": list(report.get("rejected") or []),
             "duration_ms": report.get("ms"),
         }
@@ -463,6 +472,7 @@ class Session:
 
     async def _forget_state(self) -> None:
         self._changes.clear()
+        self._touched.clear()
         await asyncio.to_thread(self.drop_auto_snapshots)
 
     async def _swap_worker(
@@ -775,7 +785,9 @@ class Session:
         outcome.restarted = True
         info = self._recovery_info(report, why)
         outcome.recovery = info
-        outcome.state_lost = bool(info["lost"] or info["failed"] or info["skipped"])
+        outcome.state_lost = bool(
+            info["lost"] or info["maybe_lost"] or info["failed"] or info["skipped"]
+        )
         if not report.get("found"):
             outcome.state_lost = True
         outcome.notices.append(f"{why}; the session restarted and restored its last snapshot")
@@ -813,8 +825,12 @@ class Session:
             duration_ms=float(reply.get("duration") or 0.0) * 1000,
         )
         changed = reply.get("changed")
-        if changed and isinstance(outcome.execution_count, int):
-            self._changes[outcome.execution_count] = list(changed)
+        touched = reply.get("touched")
+        if isinstance(outcome.execution_count, int):
+            if changed:
+                self._changes[outcome.execution_count] = list(changed)
+            if touched:
+                self._touched[outcome.execution_count] = list(touched)
         streams = reply.get("streams") or {}
         for name in ("stdout", "stderr"):
             info = streams.get(name) or {}

@@ -665,40 +665,45 @@ class Snapshotter:
         self._result_fd = None
         self.epoch = _new_epoch()  # the fork's objects are its own from now on
 
-    def after_cell(self, code: str) -> list[str]:
-        """Note what the cell may have changed; returns the names (re)bound or deleted."""
+    def after_cell(self, code: str) -> tuple[list[str], list[str]]:
+        """Note what the cell may have changed. Returns the names it (re)bound or deleted,
+        and the names of values it may have changed in place (``rows.append(x)``)."""
         ns = user_names(self.shell)
         now = fingerprint(ns)
         seen = self._seen
         changed = sorted(k for k in now.keys() | seen.keys() if now.get(k) != seen.get(k))
         self._seen = now
-        if changed or self._may_mutate(code):
+        touched = self._may_mutate(code)
+        if changed or touched:
             self.dirty = True
-        return changed
+        names = sorted(n for n in touched if (n in ns or n == "*") and n not in changed)
+        return changed, names
 
-    def _may_mutate(self, code: str) -> bool:
+    def _may_mutate(self, code: str) -> set[str]:
         """Could the cell have changed a value in place? Rebinding is seen by identity; an
         in-place change (``rows.append(x)``, ``df["c"] = 0``) needs the value's name in the
         code, or a call into the shell's own functions (which reach the namespace through
         their globals), or dynamic access (globals(), exec, magics). Cells that only read
-        numbers and strings, or run code that names no mutable value, write nothing."""
+        numbers and strings, or run code that names no mutable value, write nothing.
+        Returns the mutable names the code uses ({"*"} when anything may have changed)."""
         try:
             tree = ast.parse(code)
         except SyntaxError:  # magics, !commands, obj?: what IPython itself runs
             try:
                 tree = ast.parse(self.shell.transform_cell(code))
             except Exception:  # syntax we cannot follow: assume the worst
-                return True
+                return {"*"}
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         if names & _DYNAMIC:
-            return True
+            return {"*"}
         ns = self.shell.user_ns
         main = self.shell.user_module
+        touched = set()
         for name in names & ns.keys():
             value = ns[name]
             if value is main or value is sys or not isinstance(value, _INERT):
-                return True
-        return False
+                touched.add(name)
+        return touched
 
     @property
     def wait_fd(self) -> int | None:

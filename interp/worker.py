@@ -214,7 +214,7 @@ class _Worker:
         shell = self.shell
         if op == protocol.OP_EXEC:
             reply = _execute(shell, self.capture, request, self.opts)
-            reply["changed"] = self.snap.after_cell(request["code"])
+            reply["changed"], reply["touched"] = self.snap.after_cell(request["code"])
             return reply
         if op == protocol.OP_COMPLETE:
             return shell_mod.complete(shell, request["code"], request["cursor_pos"])

@@ -204,3 +204,17 @@ async def test_memory_watermark_interrupts_a_growing_cell(tmp_path: Path) -> Non
         assert r["status"] == "interrupted" and r["timeout_rung"] == "interrupt"
         assert r["limit"] and "watermark" in r["limit"]
         assert (await run(c, "kept, len(hog) < 60"))["result"] == "('before', True)"
+
+
+async def test_an_in_place_change_after_the_snapshot_is_never_lost_silently(
+    client: Client,
+) -> None:
+    """Either the restored value has the change, or the recovery names it (maybe_lost)."""
+    await run(client, "acc = [0]")
+    await run(client, "acc.append(1)\nbig = list(range(3_000_000))")  # a slow snapshot
+    await run(client, "acc.append(2)")
+    r = await run(client, "import os\nos._exit(1)")
+    assert r["status"] == "crashed" and r["restarted"]
+    restored = (await run(client, "acc"))["result"]
+    if restored != "[0, 1, 2]":
+        assert "acc" in r["recovery"]["maybe_lost"] and r["state_lost"]
