@@ -912,12 +912,12 @@ async def crash_op(c: Caller, kind: str, seq: int) -> None:
         return None
 
     await c.call("list_sessions", "list_sessions", {}, listed_failed)
-    args = {"preserve_state": True, "session_id": run.sid}
+    restart: dict[str, Any] = {"preserve_state": True, "session_id": run.sid}
     back = both(
         expect(session_id=run.sid, restarted=True, preserve_state=True, recovery__failed=[]),
         CANARY_RESTORED,
     )
-    await c.call("restart_kernel", "restart_kernel", args, back)
+    await c.call("restart_kernel", "restart_kernel", restart, back)
     run.crashes.clear()  # restart_kernel resets the policy's count
 
 
