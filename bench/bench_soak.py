@@ -92,6 +92,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -557,6 +558,8 @@ class Soak:
     next_mark: int = 0
     #: With --trace: one JSON object per call (what it returned, in short).
     trace: list[dict[str, Any]] | None = None
+    #: Deliberate refusals that came back as tool errors, per session (the server logs each).
+    refusals: Counter[str] = field(default_factory=Counter)
 
     def unexpected(self, err: Unexpected) -> None:
         self.errors.append(err)
@@ -742,6 +745,8 @@ class Caller:
             return
         self.soak.finish(kind, ms, self.run.sid, self.index)
         text = error_text(result)
+        if result.is_error:
+            self.soak.refusals[self.run.sid] += 1
         why = None
         if not result.is_error:
             data = result.structured_content or {}
@@ -1032,9 +1037,28 @@ LOG_PATTERNS = {
 }
 
 
+#: What fastmcp logs (at ERROR, without a traceback) for each tool error, refusals included.
+REFUSAL_LINE = re.compile(
+    r" ERROR fastmcp\.server\.server \[req=\S+ tool=run_python_code session=(\S+)\] "
+    r"Error calling tool 'run_python_code'$"
+)
+
+
 def scan_log(text: str, report: Report) -> None:
-    """Problems for error lines in the server log; warnings are counted as information."""
-    lines = text.splitlines()
+    """Problems for error lines in the server log; warnings are counted as information.
+    The ERROR line fastmcp writes for each deliberate refusal is expected: as many as the
+    session was refused are set aside (counted), any more are problems."""
+    budget = Counter(report.extra.get("refusals", {}))
+    lines: list[str] = []
+    set_aside = 0
+    for x in text.splitlines():
+        m = REFUSAL_LINE.search(x.rstrip())
+        if m and budget[m.group(1)] > 0:
+            budget[m.group(1)] -= 1
+            set_aside += 1
+        else:
+            lines.append(x)
+    report.extra["server_log_refusal_errors"] = set_aside
     for what, pattern in LOG_PATTERNS.items():
         hits = [i for i, x in enumerate(lines) if pattern in x]
         if hits:
@@ -1043,7 +1067,7 @@ def scan_log(text: str, report: Report) -> None:
             report.problem(f"server log: {len(hits)} {what}; first: {first[:300]}")
     warnings = Counter(x.split("] ", 1)[-1][:100] for x in lines if " WARNING " in x and "] " in x)
     report.extra["server_log_warnings"] = dict(warnings.most_common(10))
-    report.extra["server_log_lines"] = len(lines)
+    report.extra["server_log_lines"] = len(lines) + set_aside
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -1064,6 +1088,7 @@ def record_mix(state: Soak, wall: float, report: Report) -> None:
     report.extra["unexpected"] = len(state.errors)
     report.extra["unexpected_by_kind"] = dict(state.errors_by_kind)
     report.extra["unexpected_examples"] = [e.line() for e in state.errors[:EXAMPLES]]
+    report.extra["refusals"] = dict(state.refusals)
 
 
 async def soak(args: argparse.Namespace, server: Server, report: Report) -> None:
@@ -1366,6 +1391,13 @@ def summary_lines(report: Report, args: argparse.Namespace) -> tuple[list[str], 
         f"{ex.get('server_stop_s', float('nan')):.2f} s (code {ex.get('server_exit_code')}); "
         f"{ex.get('server_log_lines', '?')} log lines"
     )
+    refusals = sum(ex.get("refusals", {}).values())
+    if refusals:
+        lines.append(
+            f"server log       {ex.get('server_log_refusal_errors', 0)} 'ERROR ... Error calling "
+            f"tool' lines set aside for the {refusals} deliberate refusals (fastmcp logs every "
+            "tool error at ERROR; more would be listed as problems)"
+        )
     warnings = ex.get("server_log_warnings", {})
     if warnings:
         lines.append(
