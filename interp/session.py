@@ -142,7 +142,7 @@ class Session:
         self._cleanup: asyncio.Task[None] | None = None
         #: The execution running now, and how to ask it to stop (interrupt_kernel).
         self.running: Execution | None = None
-        self._stop: asyncio.Event | None = None
+        self._stop: asyncio.Future[None] | None = None  # resolved to ask the cell to stop
         self._stop_reason: str | None = None
         #: Restart policy: when the worker crashed lately, and why it stopped restarting.
         self._crashes: collections.deque[float] = collections.deque()
@@ -573,7 +573,8 @@ class Session:
         if run is None or self._stop is None:
             return None
         self._stop_reason = self._stop_reason or "interrupted"
-        self._stop.set()
+        if not self._stop.done():
+            self._stop.set_result(None)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.done.wait(), wait)
         return run
@@ -612,7 +613,7 @@ class Session:
         self.busy_since = time.monotonic()
         self.executions += 1
         self.running = run
-        self._stop = asyncio.Event()
+        self._stop = asyncio.get_running_loop().create_future()
         self._stop_reason = None
         run.begin()
         run.output = worker.outputs.get(run.id)
@@ -649,38 +650,35 @@ class Session:
         limits = self.config.limits
         watch = MemoryWatch(limits, worker.pid) if worker.pid and limits.memory_bytes else None
         assert self._stop is not None
-        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
-        try:
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    return await self._stop_cell(worker, exec_id, fut, "timeout")
-                step = min(left, limits.memory_check_interval) if watch else left
-                waits: set[asyncio.Future[Any]] = {fut, stop}
-                await asyncio.wait(waits, timeout=step, return_when=asyncio.FIRST_COMPLETED)
-                if fut.done():
-                    exc = fut.exception()
-                    if isinstance(exc, WorkerExited):
-                        return await self._after_crash(worker, exec_id, exc)
-                    if exc is not None:
-                        raise exc
-                    outcome = self._outcome(worker, exec_id, fut.result())
-                    if outcome.error and outcome.error.get("ename") == "KeyboardInterrupt":
-                        outcome.status = "interrupted"  # SIGINT from elsewhere (a user's kill)
-                    return outcome
-                if stop.done():
-                    return await self._stop_cell(
-                        worker, exec_id, fut, self._stop_reason or "interrupted"
-                    )
-                why = watch.check() if watch is not None else None
-                if why is not None:
-                    log.warning("session %s: %s; interrupting the cell", self.id, why)
-                    outcome = await self._stop_cell(worker, exec_id, fut, "memory")
-                    outcome.limit = why
-                    outcome.notices.append(f"the cell was interrupted: {why}")
-                    return outcome
-        finally:
-            stop.cancel()
+        stop = self._stop
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                return await self._stop_cell(worker, exec_id, fut, "timeout")
+            step = min(left, limits.memory_check_interval) if watch else left
+            waits: set[asyncio.Future[Any]] = {fut, stop}
+            await asyncio.wait(waits, timeout=step, return_when=asyncio.FIRST_COMPLETED)
+            if fut.done():
+                exc = fut.exception()
+                if isinstance(exc, WorkerExited):
+                    return await self._after_crash(worker, exec_id, exc)
+                if exc is not None:
+                    raise exc
+                outcome = self._outcome(worker, exec_id, fut.result())
+                if outcome.error and outcome.error.get("ename") == "KeyboardInterrupt":
+                    outcome.status = "interrupted"  # SIGINT from elsewhere (a user's kill)
+                return outcome
+            if stop.done():
+                return await self._stop_cell(
+                    worker, exec_id, fut, self._stop_reason or "interrupted"
+                )
+            why = watch.check() if watch is not None else None
+            if why is not None:
+                log.warning("session %s: %s; interrupting the cell", self.id, why)
+                outcome = await self._stop_cell(worker, exec_id, fut, "memory")
+                outcome.limit = why
+                outcome.notices.append(f"the cell was interrupted: {why}")
+                return outcome
 
     # -- stopping and recovering ---------------------------------------------------------
 
