@@ -185,6 +185,15 @@ async def test_exit_in_a_thread_keeps_the_session(canary: Client, raiser: str) -
 # -- 3. a bounded fork bomb ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("code", ["x = bytearray(10**12)", "x = [0] * 10**12", "x = 'y' * 2**40"])
+async def test_huge_allocation_is_a_memory_error(canary: Client, code: str) -> None:
+    await run(canary, "kept = 'k'")
+    r = await run(canary, code)
+    assert r["status"] == "error" and r["error"]["ename"] in ("MemoryError", "OverflowError")
+    assert not r["restarted"] and (await run(canary, "kept"))["result"] == "'k'"
+    await assert_canary(canary)
+
+
 async def test_fork_bomb_is_reaped_by_restart(canary: Client) -> None:
     code = (
         "import os, time\npids = []\n"
