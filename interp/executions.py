@@ -46,7 +46,7 @@ class Execution:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     #: Why it ended without an outcome (the session was deleted or could not start).
     failure: str | None = None
-    task: asyncio.Task[ExecOutcome] | None = None
+    task: asyncio.Task[ExecOutcome | None] | None = None
 
     @property
     def pending(self) -> bool:

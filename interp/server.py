@@ -413,17 +413,21 @@ def create_server(config: Config) -> FastMCP:
             raise
         return _exec_result(outcome, run.id)
 
-    async def _run(session: Session, run: Execution) -> ExecOutcome:
+    async def _run(session: Session, run: Execution) -> ExecOutcome | None:
+        """The execution's task. A foreground caller gets its exception; a background one
+        keeps it in `failure` for get_execution (nobody awaits its task)."""
         try:
             return await session.execute(run.code, run.timeout, run)
         except InterpError as exc:
             run.failure = str(exc)
-            raise
-        except asyncio.CancelledError:
+            if run.background:
+                return None
             raise
         except Exception as exc:
             log.exception("execution %s failed", run.id)
             run.failure = f"internal error: {type(exc).__name__}"
+            if run.background:
+                return None
             raise
 
     async def _follow(run: Execution, ctx: Context) -> ExecOutcome:
@@ -435,7 +439,9 @@ def create_server(config: Config) -> FastMCP:
         while True:
             done, _ = await asyncio.wait({task}, timeout=wait)
             if done:
-                return task.result()
+                outcome = task.result()
+                assert outcome is not None  # a foreground task raises instead
+                return outcome
             wait = 1.0
             elapsed = run.elapsed()
             tail = run.tail(400).strip()

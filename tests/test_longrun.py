@@ -218,3 +218,22 @@ async def test_an_in_place_change_after_the_snapshot_is_never_lost_silently(
     restored = (await run(client, "acc"))["result"]
     if restored != "[0, 1, 2]":
         assert "acc" in r["recovery"]["maybe_lost"] and r["state_lost"]
+
+
+async def test_background_execution_of_a_deleted_session_ends_with_a_reason(
+    client: Client,
+) -> None:
+    await client.call_tool("create_session", {"session_id": "doomed"})
+    code = "import time\ntime.sleep(60)"
+    running = await tool(client, "run_python_code", code=code, session_id="doomed", background=True)
+    queued = await tool(client, "run_python_code", code="1", session_id="doomed", background=True)
+    await client.call_tool("delete_session", {"session_id": "doomed"})
+    first = await tool(
+        client, "get_execution", execution_id=running["execution_id"], wait_seconds=10
+    )
+    assert first["done"] and first["result"]["status"] == "interrupted"
+    assert any("deleted" in n for n in first["result"]["notices"])
+    second = await tool(
+        client, "get_execution", execution_id=queued["execution_id"], wait_seconds=10
+    )
+    assert second["done"] and second["result"] is None and "deleted" in second["failure"]
