@@ -118,6 +118,7 @@ class ExecutionRegistry:
         return run
 
     def select(self, session_id: str | None = None) -> list[Execution]:
+        self._prune()  # executions pending at the last prune may have finished since
         return [r for r in self._all.values() if session_id is None or r.session_id == session_id]
 
     def unfinished_background(self, session_id: str) -> list[Execution]:

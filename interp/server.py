@@ -108,7 +108,8 @@ def _refusals(fn: F) -> F:
         try:
             return await fn(*args, **kwargs)  # type: ignore[operator]
         except InterpError as exc:
-            raise ToolError(clean(str(exc))) from None
+            # A refusal is the tool working as meant: INFO, not fastmcp's default ERROR.
+            raise ToolError(clean(str(exc)), log_level=logging.INFO) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
@@ -56,8 +57,9 @@ _live: set[int] = set()
 #: Processes that must survive the sweep though no worker owns them any more: a snapshot
 #: writer finishing after its worker died (its session tracks it).
 _protected: set[int] = set()
-#: Workers being forked right now, whose pid the forkserver has not reported yet.
-_starting = 0
+#: Held while a worker is forked and registered in `_live`, and while a sweep looks for
+#: orphans: a sweep never sees a new worker before it is known to be one.
+_launching = threading.Lock()
 
 
 def protect(pid: int) -> None:
@@ -75,26 +77,20 @@ def _forkserver_pid() -> int | None:
 
 
 def _sweep_now() -> int:
-    root = _forkserver_pid()
-    if root is None:
-        return 0
-    keep = _live | _protected
-    killed = 0
-    for pid in reaper.children(root):
-        if pid not in keep:
-            killed += reaper.kill_tree(pid, exclude=keep, include_root=True)
-    return killed
+    with _launching:
+        root = _forkserver_pid()
+        if root is None:
+            return 0
+        keep = _live | _protected
+        killed = 0
+        for pid in reaper.children(root):
+            if pid not in keep:
+                killed += reaper.kill_tree(pid, exclude=keep, include_root=True)
+        return killed
 
 
-async def sweep_orphans(wait: float = 10.0) -> int:
+async def sweep_orphans() -> int:
     """Kill what dead workers left behind (see the module docstring); returns how many."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while _starting and loop.time() < deadline:
-        # A child the forkserver just forked is not known yet: it must not look orphaned.
-        await asyncio.sleep(0.005)
-    if _starting:
-        return 0  # the next sweep (every worker exit triggers one) catches them
     killed = await asyncio.to_thread(_sweep_now)
     if killed:
         log.info("killed %d process(es) left behind by ended workers", killed)
@@ -223,20 +219,16 @@ class WorkerProcess:
         process = WorkerProcessHandle(
             target=worker_main, args=(child, opts), name=f"interp-{self.token}"
         )
-        global _starting
-        _starting += 1
         try:
             # start() blocks until the forkserver has forked (long only while it is still
             # importing IPython at server start): keep it off the event loop.
             await asyncio.to_thread(self._launch, process)
-            _live.add(process.pid or 0)
         except Exception as exc:
             parent.close()
             child.close()
             self.close()
             raise SessionUnavailable(f"could not start a worker process: {exc}") from exc
         finally:
-            _starting -= 1
             for r, w in pipes.values():
                 r.close()
                 w.close()
@@ -262,7 +254,9 @@ class WorkerProcess:
         if pid is not None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
-        process.start()
+        with _launching:
+            process.start()
+            _live.add(process.pid or 0)
 
     async def fork_from(
         self, source: WorkerProcess, ready_timeout: float = 30.0, **fields: Any
