@@ -88,8 +88,8 @@ class Limits:
     #: A foreground cell running longer than this sends MCP progress notifications, about
     #: once a second (elapsed time and the tail of its output).
     progress_after: float = 2.0
-    #: Finished executions remembered for get_execution / list_executions.
-    executions_kept: int = 200
+    #: Finished executions remembered per session for get_execution / list_executions.
+    executions_kept: int = 100
 
     def worker_limits(self) -> dict[str, int]:
         """What `interp.rlimits.apply` enforces in each worker."""

@@ -1,8 +1,9 @@
 """Every cell the server runs, as an `Execution` with an id: its state, live output, result.
 
 A foreground `run_python_code` and a background one are the same thing here; the difference
-is only who waits for it. The registry keeps running executions and the most recent finished
-ones (`keep`), so `get_execution` can return a background cell's result later and
+is only who waits for it. The registry keeps running executions and, per session, the most
+recent `keep` finished ones (so one busy session cannot evict another's results), under an
+overall cap of `keep_total`, so `get_execution` can return a background cell's result later and
 `list_executions` can show what runs where. It lives in the server's memory: a server
 restart forgets executions (the sessions' state itself survives in snapshots).
 """
@@ -90,10 +91,11 @@ class Execution:
 
 
 class ExecutionRegistry:
-    """Executions by id: all running ones, and the last `keep` finished ones."""
+    """Executions by id: all running ones, and the last `keep` finished ones per session."""
 
-    def __init__(self, keep: int = 200) -> None:
+    def __init__(self, keep: int = 100, keep_total: int = 2000) -> None:
         self.keep = keep
+        self.keep_total = keep_total
         self._all: dict[str, Execution] = {}
 
     def new(self, session_id: str, code: str, timeout: float, background: bool) -> Execution:
@@ -112,8 +114,8 @@ class ExecutionRegistry:
         run = self._all.get(execution_id)
         if run is None:
             raise InvalidRequest(
-                f"no execution {execution_id!r}: ids come from run_python_code; finished ones "
-                f"are kept for the last {self.keep} executions and not across server restarts"
+                f"no execution {execution_id!r}: ids come from run_python_code; the last "
+                f"{self.keep} finished ones of each session are kept, not across server restarts"
             )
         return run
 
@@ -129,6 +131,13 @@ class ExecutionRegistry:
         ]
 
     def _prune(self) -> None:
-        finished = [r for r in self._all.values() if not r.pending]
-        for run in finished[: max(0, len(finished) - self.keep)]:
+        finished: dict[str, list[Execution]] = {}
+        for run in self._all.values():  # oldest first
+            if not run.pending:
+                finished.setdefault(run.session_id, []).append(run)
+        for runs in finished.values():
+            for run in runs[: max(0, len(runs) - self.keep)]:
+                del self._all[run.id]
+        done = [r for r in self._all.values() if not r.pending]
+        for run in done[: max(0, len(done) - self.keep_total)]:
             del self._all[run.id]
