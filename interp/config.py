@@ -88,8 +88,9 @@ class Limits:
     #: A foreground cell running longer than this sends MCP progress notifications, about
     #: once a second (elapsed time and the tail of its output).
     progress_after: float = 2.0
-    #: Finished executions remembered per session for get_execution / list_executions.
-    executions_kept: int = 100
+    #: Finished executions remembered per session for get_execution / list_executions. Each
+    #: holds its result (up to 2 x output_chars): 20 x 20 sessions of floods is ~30 MiB.
+    executions_kept: int = 20
 
     def worker_limits(self) -> dict[str, int]:
         """What `interp.rlimits.apply` enforces in each worker."""

@@ -93,7 +93,7 @@ class Execution:
 class ExecutionRegistry:
     """Executions by id: all running ones, and the last `keep` finished ones per session."""
 
-    def __init__(self, keep: int = 100, keep_total: int = 2000) -> None:
+    def __init__(self, keep: int = 20, keep_total: int = 500) -> None:
         self.keep = keep
         self.keep_total = keep_total
         self._all: dict[str, Execution] = {}
