@@ -36,11 +36,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## bench: the core benchmark against jupyter_client + ipykernel, then the snapshot benchmark
+## bench: the core benchmark against jupyter_client + ipykernel, the snapshot benchmark, and
+## the soak (20 sessions x 500 mixed calls with faults over HTTP, ~2 min)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_snapshot.py
+	$(BIN)/python bench/bench_soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
