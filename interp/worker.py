@@ -47,12 +47,19 @@ from interp.capture import OutputCapture
 SHELL: Any = None
 
 _running = False  # True only while user code runs: see module docstring
+#: A cell's request is in hand but its code has not started: a SIGINT now is for it (the
+#: server only interrupts a cell it has sent), so it is kept and raised when the code starts.
+_cell_pending = False
+_early_sigint = False
 _forked: set[int] = set()  # sessions forked from this worker, reaped when they end
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
+    global _early_sigint
     if _running:
         raise KeyboardInterrupt
+    if _cell_pending:
+        _early_sigint = True
 
 
 class _Channel:
@@ -195,6 +202,8 @@ class _Worker:
                 request = protocol.decode(payload)
                 rid = request["id"]
                 op = request["op"]
+                if op == protocol.OP_EXEC:
+                    _expect_cell()
             except Exception:
                 continue  # not from our server; nothing sensible to reply to
             try:
@@ -327,10 +336,16 @@ def _reap_forked() -> None:
             _forked.discard(pid)
 
 
+def _expect_cell() -> None:
+    global _cell_pending, _early_sigint
+    _early_sigint = False
+    _cell_pending = True
+
+
 def _execute(
     shell: Any, capture: OutputCapture, request: dict[str, Any], opts: dict[str, Any]
 ) -> dict[str, Any]:
-    global _running
+    global _running, _cell_pending
     from interp.shell import CellRecord
 
     record = CellRecord(
@@ -342,6 +357,9 @@ def _execute(
     started = time.perf_counter()
     try:
         _running = True
+        _cell_pending = False
+        if _early_sigint:  # interrupted before its code started: it does not start
+            raise KeyboardInterrupt
         shell.run_cell(request["code"], store_history=True)
     except KeyboardInterrupt:  # landed in IPython's own machinery rather than user code
         if record.error is None:
