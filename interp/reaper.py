@@ -35,7 +35,8 @@ def become_subreaper() -> bool:
 
 
 def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process visible in /proc."""
+    """pid -> parent pid of every live process visible in /proc (zombies are already dead:
+    their parent reaps them)."""
     out: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -44,7 +45,8 @@ def _parents() -> dict[int, int]:
             with open(f"/proc/{name}/stat", "rb") as f:
                 # The command name may contain spaces and parentheses: split after the last ")".
                 fields = f.read().rsplit(b")", 1)[1].split()
-            out[int(name)] = int(fields[1])
+            if fields[0] != b"Z":
+                out[int(name)] = int(fields[1])
         except (OSError, IndexError, ValueError):
             continue  # exited while we looked
     return out

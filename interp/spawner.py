@@ -85,6 +85,7 @@ def _sweep_now() -> int:
         killed = 0
         for pid in reaper.children(root):
             if pid not in keep:
+                log.info("sweeping up process %d (left under the forkserver)", pid)
                 killed += reaper.kill_tree(pid, exclude=keep, include_root=True)
         return killed
 
