@@ -28,6 +28,11 @@ PENDING = ("queued", "running")
 _ids = itertools.count(1)
 
 
+def new_id() -> str:
+    """A new execution id, unique in this server process."""
+    return f"x{next(_ids)}"
+
+
 @dataclass
 class Execution:
     """One cell: created queued, running once its session takes it, then a final status."""
@@ -100,7 +105,7 @@ class ExecutionRegistry:
 
     def new(self, session_id: str, code: str, timeout: float, background: bool) -> Execution:
         run = Execution(
-            id=f"x{next(_ids)}",
+            id=new_id(),
             session_id=session_id,
             code=code,
             timeout=timeout,

@@ -36,7 +36,7 @@ from typing import Any
 from interp import protocol, snapfiles, spawner
 from interp.config import Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
-from interp.executions import Execution
+from interp.executions import Execution, new_id
 from interp.memwatch import MemoryWatch
 from interp.spawner import WorkerExited, WorkerPool, WorkerProcess, describe_exit, wait_readable
 
@@ -143,7 +143,6 @@ class Session:
         #: The execution running now, and how to ask it to stop (interrupt_kernel).
         self.running: Execution | None = None
         self._stop: asyncio.Future[None] | None = None  # resolved to ask the cell to stop
-        self._stop_reason: str | None = None
         #: Restart policy: when the worker crashed lately, and why it stopped restarting.
         self._crashes: collections.deque[float] = collections.deque()
         self.failed_reason: str | None = None
@@ -572,7 +571,6 @@ class Session:
         run = self.running
         if run is None or self._stop is None:
             return None
-        self._stop_reason = self._stop_reason or "interrupted"
         if not self._stop.done():
             self._stop.set_result(None)
         with contextlib.suppress(TimeoutError):
@@ -582,7 +580,7 @@ class Session:
     async def execute(self, code: str, timeout: float, run: Execution | None = None) -> ExecOutcome:
         """Run one cell (waiting for the session if it is busy) and return its outcome."""
         if run is None:
-            run = Execution(self.id + "-x", self.id, code, timeout, background=False)
+            run = Execution(new_id(), self.id, code, timeout, background=False)
         try:
             async with self._lock:
                 outcome = await self._execute(run, code, timeout)
@@ -614,7 +612,6 @@ class Session:
         self.executions += 1
         self.running = run
         self._stop = asyncio.get_running_loop().create_future()
-        self._stop_reason = None
         run.begin()
         run.output = worker.outputs.get(run.id)
         try:
@@ -669,9 +666,7 @@ class Session:
                     outcome.status = "interrupted"  # SIGINT from elsewhere (a user's kill)
                 return outcome
             if stop.done():
-                return await self._stop_cell(
-                    worker, exec_id, fut, self._stop_reason or "interrupted"
-                )
+                return await self._stop_cell(worker, exec_id, fut, "interrupted")
             why = watch.check() if watch is not None else None
             if why is not None:
                 log.warning("session %s: %s; interrupting the cell", self.id, why)
