@@ -237,3 +237,30 @@ async def test_background_execution_of_a_deleted_session_ends_with_a_reason(
         client, "get_execution", execution_id=queued["execution_id"], wait_seconds=10
     )
     assert second["done"] and second["result"] is None and "deleted" in second["failure"]
+
+
+async def test_a_snapshot_that_kills_its_restorer_trips_the_restart_policy(
+    tmp_path: Path,
+) -> None:
+    """A value whose unpickling exits the process: every restore dies, so without the
+    policy each call would start (and lose) another worker forever."""
+    async with server(tmp_path, crash_limit=3, crash_window=60.0) as c:
+        bomb = (
+            "class Bomb:\n    def __reduce__(self):\n        import os\n"
+            "        return (os._exit, (3,))\nb = Bomb()"
+        )
+        await run(c, bomb)
+        await wait_until(lambda: _snapshot_written(c))
+        crash = await run(c, "import os\nos._exit(1)")
+        assert crash["status"] == "crashed" and crash["state_lost"]
+        errors = []
+        for _ in range(4):
+            with pytest.raises(ToolError) as info:
+                await c.call_tool("run_python_code", {"code": "1"})
+            errors.append(str(info.value))
+        assert "restoring its snapshot failed" in errors[0]
+        assert "stopped restarting" in errors[-1]
+        info = (await tool(c, "list_sessions"))["sessions"][0]
+        assert info["state"] == "failed"
+        await c.call_tool("restart_kernel", {})  # empty: the bad snapshot is dropped
+        assert (await run(c, "'clean'"))["result"] == "'clean'"
