@@ -40,6 +40,13 @@ class Limits:
     output_chars: int = 40_000
     #: Images returned per execution; more are counted and dropped.
     max_images: int = 8
+    #: read_file: default and largest max_bytes.
+    read_default_bytes: int = 1024 * 1024
+    read_max_bytes: int = 16 * 1024 * 1024
+    #: write_file: largest content (decoded bytes).
+    write_max_bytes: int = 16 * 1024 * 1024
+    #: list_files: most entries listed; the rest is counted as cut.
+    list_max_entries: int = 2000
     #: Largest single image (decoded bytes) returned inline.
     max_image_bytes: int = 4 * 1024 * 1024
     #: Default and maximum run_python_code timeout, seconds.

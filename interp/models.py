@@ -329,3 +329,46 @@ class PingResult(BaseModel):
     version: str
     uptime_s: float
     sessions: int
+
+
+class FileEntry(BaseModel):
+    path: str = Field(description="relative to the workspace root")
+    type: Literal["file", "dir", "symlink", "special", "unknown"]
+    size: int = Field(description="bytes (files only)")
+
+
+class ListFilesResult(BaseModel):
+    root: str = Field(description="the folder listed, relative to the workspace")
+    files: list[FileEntry] | None = Field(description="flat listing (tree=false)")
+    tree: str | None = Field(description="indented tree (tree=true)")
+    count: int
+    truncated: bool = Field(description="true if the listing stopped at its cap")
+
+
+class ReadFileResult(BaseModel):
+    path: str
+    text: str | None = Field(description="the content, if it is UTF-8 text")
+    base64: str | None = Field(description="the content base64-encoded, if it is binary")
+    size: int = Field(description="the whole file's size in bytes")
+    bytes_read: int
+    truncated: bool = Field(description="true if max_bytes cut the content")
+
+
+class WriteFileResult(BaseModel):
+    path: str
+    bytes: int
+
+
+class DeleteFileResult(BaseModel):
+    success: bool
+    path: str
+    kind: Literal["file", "folder"]
+
+
+class WorkspaceInfoResult(BaseModel):
+    root: str = Field(description="absolute path of the workspace on the server")
+    used_bytes: int
+    files: int
+    folders: int
+    counted_all: bool = Field(description="false if the count stopped at its cap")
+    limits: dict[str, int] = Field(description="caps of the file tools, bytes or entries")

@@ -34,10 +34,12 @@ from interp.models import (
     CompletionResult,
     CreateSessionResult,
     DeleteCheckpointResult,
+    DeleteFileResult,
     DeleteSessionResult,
     ErrorInfo,
     ExecResult,
     ExecutionInfo,
+    FileEntry,
     ForkSessionResult,
     GetExecutionResult,
     ImageInfo,
@@ -46,8 +48,10 @@ from interp.models import (
     LimitInfo,
     ListCheckpointsResult,
     ListExecutionsResult,
+    ListFilesResult,
     ListSessionsResult,
     PingResult,
+    ReadFileResult,
     RecoveryInfo,
     ResponsivenessResult,
     RestartResult,
@@ -58,10 +62,13 @@ from interp.models import (
     SwitchSessionResult,
     VariablesResult,
     VarIssue,
+    WorkspaceInfoResult,
+    WriteFileResult,
     clean,
     lean_schema,
 )
 from interp.session import ExecOutcome, Session
+from interp.workspace import MAX_PATH, Workspace, split
 
 log = logging.getLogger("interp.server")
 
@@ -233,6 +240,19 @@ def _execution_info(run: Execution) -> ExecutionInfo:
         created=run.created,
         elapsed_s=round(run.elapsed(), 3),
     )
+
+
+def _utf8(data: bytes, cut: bool) -> str | None:
+    """data as text if it is UTF-8 (a cut may split the last character), else None."""
+    for trim in range(4 if cut else 1):
+        try:
+            text = data[: len(data) - trim].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if "\x00" not in text:
+            return text
+        return None
+    return None
 
 
 def _limits(session: Session, config: Config) -> list[LimitInfo]:
@@ -789,6 +809,135 @@ def create_server(config: Config) -> FastMCP:
         )
         model = InspectResult(found=reply["found"], name=reply["name"], text=reply["text"])
         return _result(model, model.text if model.found else f"nothing found for {model.name!r}")
+
+    # -- workspace files ---------------------------------------------------------------
+
+    workspace = Workspace(config.workspace)
+    PathArg = Annotated[
+        str,
+        Field(
+            description="relative to the workspace root ('..', absolute paths and symlinks "
+            "are refused)",
+            max_length=MAX_PATH,
+        ),
+    ]
+
+    @tool(ListFilesResult, annotations=READ_ONLY)
+    async def list_files(
+        path: PathArg = ".",
+        recursive: Annotated[bool, Field(description="descend into folders")] = False,
+        tree: Annotated[bool, Field(description="return an indented tree as text")] = False,
+        max_depth: Annotated[int, Field(description="levels when recursive", ge=1, le=50)] = 3,
+        include_files: bool = True,
+        include_dirs: bool = True,
+    ) -> ToolResult:
+        """List the workspace (or a folder in it): path, type and size of each entry.
+        Symlinks are listed, never followed."""
+        depth = max_depth if (recursive or tree) else 1
+        found, cut = await asyncio.to_thread(
+            workspace.entries, path, depth, limits.list_max_entries
+        )
+        keep = [
+            e for e in found if (include_files or e[1] == "dir") and (include_dirs or e[1] != "dir")
+        ]
+        root = "/".join(split(path)) or "."
+        if tree:
+            lines = [f"{root}/"]
+            for name, kind, size, level in keep:
+                label = name.rsplit("/", 1)[-1] + ("/" if kind == "dir" else "")
+                extra = {"file": f" ({size:,} B)", "dir": ""}.get(kind, f" [{kind}]")
+                lines.append("    " * level + label + extra)
+            if cut:
+                lines.append(f"[... cut at {limits.list_max_entries:,} entries]")
+            text = "\n".join(lines)
+            model = ListFilesResult(
+                root=root, files=None, tree=text, count=len(keep), truncated=cut
+            )
+            return _result(model, text)
+        entries = [FileEntry(path=n, type=k, size=s) for n, k, s, _ in keep]  # type: ignore[arg-type]
+        model = ListFilesResult(
+            root=root, files=entries, tree=None, count=len(entries), truncated=cut
+        )
+        text = "\n".join(f"{e.path}{'/' if e.type == 'dir' else ''}" for e in entries)
+        return _result(
+            model, f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {root}\n{text}"
+        )
+
+    @tool(ReadFileResult, annotations=READ_ONLY)
+    async def read_file(
+        path: PathArg,
+        max_bytes: Annotated[
+            int, Field(description="read at most this many bytes", ge=1, le=limits.read_max_bytes)
+        ] = limits.read_default_bytes,
+    ) -> ToolResult:
+        """Read a file of the workspace: text if it is UTF-8, else base64. Says the whole
+        size and whether max_bytes cut it."""
+        data, size = await asyncio.to_thread(workspace.read, path, max_bytes)
+        cut = size > len(data)
+        text = _utf8(data, cut)
+        model = ReadFileResult(
+            path="/".join(split(path)),
+            text=text,
+            base64=None if text is not None else base64.b64encode(data).decode("ascii"),
+            size=size,
+            bytes_read=len(data),
+            truncated=cut,
+        )
+        if text is not None:
+            summary = text + (f"\n[... cut: {len(data):,} of {size:,} bytes shown]" if cut else "")
+        else:
+            summary = f"{model.path}: binary, {size:,} bytes (base64 in structured content)"
+        return _result(model, summary)
+
+    @tool(WriteFileResult)
+    async def write_file(
+        path: PathArg,
+        content: Annotated[str, Field(description="text, or base64 with binary_base64=true")],
+        binary_base64: Annotated[bool, Field(description="content is base64 bytes")] = False,
+    ) -> ToolResult:
+        """Write a file of the workspace atomically (replacing it), creating its folders."""
+        if binary_base64:
+            try:
+                data = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidRequest("content is not valid base64 (binary_base64=true)") from None
+        else:
+            data = content.encode("utf-8", "surrogateescape")
+        if len(data) > limits.write_max_bytes:
+            raise InvalidRequest(
+                f"content is {len(data):,} bytes; write_file takes at most "
+                f"{limits.write_max_bytes:,}"
+            )
+        written = await asyncio.to_thread(workspace.write, path, data)
+        rel = "/".join(split(path))
+        return _result(WriteFileResult(path=rel, bytes=written), f"wrote {rel} ({written:,} bytes)")
+
+    @tool(DeleteFileResult)
+    async def delete_file(filename: PathArg) -> ToolResult:
+        """Delete a file, a symlink (not its target) or an empty folder of the workspace."""
+        kind = await asyncio.to_thread(workspace.delete, filename)
+        rel = "/".join(split(filename))
+        model = DeleteFileResult(success=True, path=rel, kind=kind)  # type: ignore[arg-type]
+        return _result(model, f"deleted {kind} {rel}")
+
+    @tool(WorkspaceInfoResult, annotations=READ_ONLY)
+    async def get_workspace_info() -> ToolResult:
+        """Where the workspace is, what it holds, and the file tools' caps."""
+        used, files, folders, cut = await asyncio.to_thread(workspace.usage)
+        model = WorkspaceInfoResult(
+            root=str(config.workspace),
+            used_bytes=used,
+            files=files,
+            folders=folders,
+            counted_all=not cut,
+            limits={
+                "read_max_bytes": limits.read_max_bytes,
+                "write_max_bytes": limits.write_max_bytes,
+                "list_max_entries": limits.list_max_entries,
+            },
+        )
+        text = f"{config.workspace}: {files:,} files, {folders:,} folders, {used:,} bytes"
+        return _result(model, text)
 
     # -- health ------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ async def test_every_tool_over_stdio(stdio: Client, tmp_path: Path) -> None:
         "code_completion", "inspect_object", "check_kernel_responsiveness", "ping",
         "save_checkpoint", "restore_checkpoint", "list_checkpoints", "delete_checkpoint",
         "fork_session", "get_execution", "list_executions",
+        "list_files", "read_file", "write_file", "delete_file", "get_workspace_info",
     }  # fmt: skip
     assert (await c.call_tool("ping", {})).structured_content["ok"] is True
     await run(c, "value = 6 * 7\nimport math")
@@ -105,6 +106,22 @@ async def test_state_tools_and_server_restart_over_stdio(tmp_path: Path) -> None
         assert r["result"] == "(5, [0, 1, 4])" and "squares" in r["recovery"]["restored"]
         assert (await run(c, "done and len(squares)", session_id="branch"))["result"] == "6"
         assert (await c.call_tool("list_checkpoints", {})).structured_content["count"] == 0
+
+
+async def test_file_tools_over_stdio(stdio: Client) -> None:
+    c = stdio
+    wrote = (await c.call_tool("write_file", {"path": "s/t.txt", "content": "stdio"})).data
+    assert wrote is not None
+    listed = (await c.call_tool("list_files", {"recursive": True})).structured_content
+    assert "s/t.txt" in [f["path"] for f in listed["files"]]
+    read = (await c.call_tool("read_file", {"path": "s/t.txt"})).structured_content
+    assert read["text"] == "stdio"
+    info = (await c.call_tool("get_workspace_info", {})).structured_content
+    assert info["files"] >= 1
+    gone = (await c.call_tool("delete_file", {"filename": "s/t.txt"})).structured_content
+    assert gone["success"] is True
+    with pytest.raises(ToolError, match="contains '..'"):
+        await c.call_tool("read_file", {"path": "../outside"})
 
 
 async def test_long_running_work_over_stdio(stdio: Client) -> None:
