@@ -50,6 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=defaults.limits.snapshot_max_bytes // 2**20,
         help="most MiB one snapshot writes; larger variables are skipped and reported",
     )
+    pkgs = p.add_argument_group("install_dependencies")
+    pkgs.add_argument("--find-links", type=Path, help="a folder of wheels to install from")
+    pkgs.add_argument("--no-index", action="store_true", help="never use the package index")
+    pkgs.add_argument(
+        "--allow-package-urls",
+        action="store_true",
+        help="accept URL and path requirements (off: package names only)",
+    )
     limits = p.add_argument_group("limits per session (0 turns one off)")
     limits.add_argument(
         "--memory-mb",
@@ -105,6 +113,9 @@ def build_config(args: argparse.Namespace) -> Config:
         log_file=args.log_file.resolve() if args.log_file else None,
         spare_workers=max(0, args.spare_workers),
         preload_modules=tuple(m.strip() for m in args.preload.split(",") if m.strip()),
+        install_find_links=args.find_links.resolve() if args.find_links else None,
+        install_no_index=args.no_index,
+        install_allow_urls=args.allow_package_urls,
         limits=Limits(
             max_sessions=max(1, args.max_sessions),
             snapshot_keep=max(1, args.snapshot_keep),

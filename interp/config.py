@@ -143,6 +143,13 @@ class Config:
     preload_modules: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     ladder: Ladder = field(default_factory=Ladder)
+    #: install_dependencies: a folder of wheels to install from, whether to skip the package
+    #: index, and whether requirements may be URLs or paths (off: names only).
+    install_find_links: Path | None = None
+    install_no_index: bool = False
+    install_allow_urls: bool = False
+    #: Longest install_dependencies run, seconds.
+    install_timeout: float = 600.0
 
     @property
     def run_dir(self) -> Path:

@@ -372,3 +372,12 @@ class WorkspaceInfoResult(BaseModel):
     folders: int
     counted_all: bool = Field(description="false if the count stopped at its cap")
     limits: dict[str, int] = Field(description="caps of the file tools, bytes or entries")
+
+
+class InstallResult(BaseModel):
+    returncode: int | None = Field(description="the installer's exit code; null if killed")
+    stdout: str
+    stderr: str
+    requirements: list[str] = Field(description="what was asked for, normalised")
+    installer: str = Field(description="uv pip or pip")
+    duration_s: float

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastmcp import Context, FastMCP
@@ -44,6 +45,7 @@ from interp.models import (
     GetExecutionResult,
     ImageInfo,
     InspectResult,
+    InstallResult,
     InterruptResult,
     LimitInfo,
     ListCheckpointsResult,
@@ -67,6 +69,7 @@ from interp.models import (
     clean,
     lean_schema,
 )
+from interp.packages import MAX_PACKAGES, Installer, install, parse
 from interp.session import ExecOutcome, Session
 from interp.workspace import MAX_PATH, Workspace, split
 
@@ -938,6 +941,53 @@ def create_server(config: Config) -> FastMCP:
         )
         text = f"{config.workspace}: {files:,} files, {folders:,} folders, {used:,} bytes"
         return _result(model, text)
+
+    # -- packages --------------------------------------------------------------------
+
+    installer = Installer(find_links=config.install_find_links, no_index=config.install_no_index)
+
+    @tool(InstallResult)
+    async def install_dependencies(
+        packages: Annotated[
+            list[str],
+            Field(
+                description="PEP 508 requirements, e.g. ['requests', 'numpy>=2']",
+                max_length=MAX_PACKAGES,
+            ),
+        ],
+        ctx: Context,
+        timeout: Annotated[
+            float,
+            Field(description="seconds", gt=0, le=config.install_timeout, allow_inf_nan=False),
+        ] = config.install_timeout,
+    ) -> ToolResult:
+        """Install packages into the environment every session runs in (uv pip if present,
+        else pip). Running sessions can import them at once, without a restart."""
+        requirements = parse(packages, config.install_allow_urls)
+        started = time.monotonic()
+        last = [0.0]
+
+        async def progress(line: str) -> None:
+            now = time.monotonic()
+            if line and now - last[0] >= 1.0:
+                last[0] = now
+                await ctx.report_progress(
+                    progress=round(now - started, 1), total=timeout, message=clean(line[-300:])
+                )
+
+        result = await install(installer, requirements, timeout, progress)
+        state.sessions().pool.install_epoch += 1
+        model = InstallResult(
+            returncode=result.returncode,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            requirements=requirements,
+            installer="uv pip" if "uv" in Path(result.command[0]).name else "pip",
+            duration_s=round(result.duration, 3),
+        )
+        verdict = "installed" if result.returncode == 0 else f"failed ({result.returncode})"
+        tail = (result.stderr if result.returncode else result.stdout).strip()[-1500:]
+        return _result(model, f"{verdict}: {', '.join(requirements)}\n{tail}")
 
     # -- health ------------------------------------------------------------------------
 

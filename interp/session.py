@@ -145,6 +145,7 @@ class Session:
         self._stop: asyncio.Future[None] | None = None  # resolved to ask the cell to stop
         #: Restart policy: when the worker crashed lately, and why it stopped restarting.
         self._crashes: collections.deque[float] = collections.deque()
+        self._install_epoch = pool.install_epoch  # packages installed since: refresh imports
         self.failed_reason: str | None = None
         self._notices: list[str] = []
         #: Summary of the newest snapshot written (from the worker's "snap" frames).
@@ -598,7 +599,11 @@ class Session:
         fut: asyncio.Future[dict[str, Any]] | None = None
         for _ in range(3):
             try:
-                _, fut = await worker.send(protocol.OP_EXEC, id=run.id, code=code)
+                fresh = self._install_epoch != self.pool.install_epoch
+                _, fut = await worker.send(
+                    protocol.OP_EXEC, id=run.id, code=code, invalidate_imports=fresh
+                )
+                self._install_epoch = self.pool.install_epoch
                 break
             except WorkerExited:
                 # It died before the code reached it (nothing ran): a fresh one runs it.

@@ -568,6 +568,8 @@ class WorkerPool:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._spares: list[WorkerProcess] = []
+        #: Bumped by each install_dependencies: sessions then refresh their import caches.
+        self.install_epoch = 0
         self._filling: set[asyncio.Task[None]] = set()
         self._closed = False
 

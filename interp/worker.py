@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import importlib
 import os
 import select
 import signal
@@ -360,6 +361,8 @@ def _execute(
         _cell_pending = False
         if _early_sigint:  # interrupted before its code started: it does not start
             raise KeyboardInterrupt
+        if request.get("invalidate_imports"):  # install_dependencies added packages
+            importlib.invalidate_caches()
         shell.run_cell(request["code"], store_history=True)
     except KeyboardInterrupt:  # landed in IPython's own machinery rather than user code
         if record.error is None:

@@ -89,9 +89,9 @@ def server_args(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-def stdio_transport(tmp_path: Path) -> StdioTransport:
+def stdio_transport(tmp_path: Path, *extra: str) -> StdioTransport:
     return StdioTransport(
-        command=sys.executable, args=server_args(tmp_path, "--stdio"), keep_alive=False
+        command=sys.executable, args=server_args(tmp_path, "--stdio", *extra), keep_alive=False
     )
 
 

@@ -40,6 +40,7 @@ async def test_every_tool_over_stdio(stdio: Client, tmp_path: Path) -> None:
         "save_checkpoint", "restore_checkpoint", "list_checkpoints", "delete_checkpoint",
         "fork_session", "get_execution", "list_executions",
         "list_files", "read_file", "write_file", "delete_file", "get_workspace_info",
+        "install_dependencies",
     }  # fmt: skip
     assert (await c.call_tool("ping", {})).structured_content["ok"] is True
     await run(c, "value = 6 * 7\nimport math")
@@ -122,6 +123,30 @@ async def test_file_tools_over_stdio(stdio: Client) -> None:
     assert gone["success"] is True
     with pytest.raises(ToolError, match=r"contains '\.\.'"):
         await c.call_tool("read_file", {"path": "../outside"})
+    with pytest.raises(ToolError, match="options"):
+        await c.call_tool("install_dependencies", {"packages": ["--pre"]})
+
+
+async def test_install_dependencies_over_stdio(tmp_path: Path) -> None:
+    """A wheel built here, installed offline through a real stdio server, imported by the
+    session that was already running."""
+    from tests.test_packages import build_wheel, uninstall
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    name = f"interpstdio_{os.getpid()}"
+    build_wheel(wheels, name, 7)
+    transport = stdio_transport(tmp_path, "--find-links", str(wheels), "--no-index")
+    try:
+        async with Client(transport, timeout=120) as c:
+            assert (await run(c, "1"))["result"] == "1"  # the session is live before
+            done = (
+                await c.call_tool("install_dependencies", {"packages": [name]})
+            ).structured_content
+            assert done["returncode"] == 0, done["stderr"]
+            assert (await run(c, f"import {name}\n{name}.VALUE"))["result"] == "7"
+    finally:
+        uninstall(name)
 
 
 async def test_long_running_work_over_stdio(stdio: Client) -> None:
