@@ -381,3 +381,18 @@ class InstallResult(BaseModel):
     requirements: list[str] = Field(description="what was asked for, normalised")
     installer: str = Field(description="uv pip or pip")
     duration_s: float
+
+
+class SaveScriptResult(BaseModel):
+    script: str = Field(description="its path in the workspace, for run_script")
+    bytes: int
+
+
+class RunScriptResult(BaseModel):
+    script: str
+    returncode: int | None = Field(description="exit code; null if stopped by the timeout")
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool
+    truncated: dict[str, int] = Field(description="characters cut from the middle, per stream")

@@ -24,7 +24,7 @@ from fastmcp.tools import ToolResult
 from mcp.types import ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from interp import __version__, protocol, render, spawner
+from interp import __version__, protocol, render, scripts, spawner
 from interp.config import SESSION_ID_PATTERN, Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
 from interp.executions import Execution, ExecutionRegistry
@@ -58,7 +58,9 @@ from interp.models import (
     ResponsivenessResult,
     RestartResult,
     RestoreCheckpointResult,
+    RunScriptResult,
     SaveCheckpointResult,
+    SaveScriptResult,
     SessionInfo,
     SnapshotInfo,
     SwitchSessionResult,
@@ -70,6 +72,7 @@ from interp.models import (
     lean_schema,
 )
 from interp.packages import MAX_PACKAGES, Installer, install, parse
+from interp.scripts import script_path
 from interp.session import ExecOutcome, Session
 from interp.workspace import MAX_PATH, Workspace, split
 
@@ -940,6 +943,49 @@ def create_server(config: Config) -> FastMCP:
             },
         )
         text = f"{config.workspace}: {files:,} files, {folders:,} folders, {used:,} bytes"
+        return _result(model, text)
+
+    # -- scripts -----------------------------------------------------------------------
+
+    @tool(SaveScriptResult)
+    async def save_script(
+        name: Annotated[str, Field(description="1-64 of A-Z a-z 0-9 _ - (.py optional)")],
+        content: Annotated[str, Field(description="Python source")],
+    ) -> ToolResult:
+        """Save a Python script as scripts/NAME.py in the workspace (replacing it)."""
+        rel = script_path(name)
+        data = content.encode("utf-8", "surrogateescape")
+        if len(data) > limits.write_max_bytes:
+            raise InvalidRequest(f"the script is over {limits.write_max_bytes:,} bytes")
+        size = await asyncio.to_thread(workspace.write, rel, data)
+        return _result(SaveScriptResult(script=rel, bytes=size), f"saved {rel} ({size:,} bytes)")
+
+    @tool(RunScriptResult)
+    async def run_script(
+        path: PathArg,
+        args: Annotated[list[str], Field(description="command-line arguments")] = [],  # noqa: B006
+        timeout: Annotated[
+            float, Field(description="seconds", gt=0, le=limits.max_timeout, allow_inf_nan=False)
+        ] = 120.0,
+    ) -> ToolResult:
+        """Run a workspace script (e.g. from save_script) in its own process, in the
+        workspace, with the session limits; returns exit code, stdout, stderr (capped) and
+        duration. On timeout its whole process group is stopped. Session state is untouched."""
+        result = await scripts.run_script(config, workspace, path, list(args), timeout)
+        rel = "/".join(split(path))
+        model = RunScriptResult(
+            script=rel,
+            returncode=result.returncode,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            duration_s=round(result.duration, 3),
+            timed_out=result.timed_out,
+            truncated=result.truncated,
+        )
+        how = "timed out" if result.timed_out else f"exit {result.returncode}"
+        text = f"{rel}: {how} in {result.duration:.2f} s\n{result.stdout}"
+        if result.stderr:
+            text += f"\n[stderr]\n{result.stderr}"
         return _result(model, text)
 
     # -- packages --------------------------------------------------------------------

@@ -12,11 +12,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "interp"
 #: Modules that run inside workers or the forkserver. They must never pull in the server.
 WORKER_SIDE = {
     "worker", "capture", "shell", "preload", "launch", "protocol", "config", "snapshot",
-    "snapfiles", "reaper", "rlimits",
+    "snapfiles", "reaper", "rlimits", "scriptrun",
 }  # fmt: skip
 SERVER_SIDE = {
     "server", "manager", "session", "spawner", "middleware", "models", "render", "cli",
-    "logs", "errors", "executions", "memwatch", "workspace", "packages",
+    "logs", "errors", "executions", "memwatch", "workspace", "packages", "scripts",
 }  # fmt: skip
 
 

@@ -40,7 +40,7 @@ async def test_every_tool_over_stdio(stdio: Client, tmp_path: Path) -> None:
         "save_checkpoint", "restore_checkpoint", "list_checkpoints", "delete_checkpoint",
         "fork_session", "get_execution", "list_executions",
         "list_files", "read_file", "write_file", "delete_file", "get_workspace_info",
-        "install_dependencies",
+        "install_dependencies", "save_script", "run_script",
     }  # fmt: skip
     assert (await c.call_tool("ping", {})).structured_content["ok"] is True
     await run(c, "value = 6 * 7\nimport math")
@@ -125,6 +125,10 @@ async def test_file_tools_over_stdio(stdio: Client) -> None:
         await c.call_tool("read_file", {"path": "../outside"})
     with pytest.raises(ToolError, match="options"):
         await c.call_tool("install_dependencies", {"packages": ["--pre"]})
+    saved = await c.call_tool("save_script", {"name": "s", "content": "print(6 * 7)"})
+    path = saved.structured_content["script"]
+    ran = (await c.call_tool("run_script", {"path": path})).structured_content
+    assert ran["returncode"] == 0 and ran["stdout"] == "42\n"
 
 
 async def test_install_dependencies_over_stdio(tmp_path: Path) -> None:
