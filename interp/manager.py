@@ -15,6 +15,7 @@ import re
 import time
 
 from interp import snapfiles
+from interp.changes import WorkspaceWatch
 from interp.config import SESSION_ID_PATTERN, Config
 from interp.errors import InvalidRequest, SessionExists, SessionLimit, SessionNotFound
 from interp.session import Session, SessionState
@@ -37,6 +38,7 @@ class SessionManager:
     async def start(self) -> None:
         self.config.workspace.mkdir(parents=True, exist_ok=True)
         self.config.snapshots.mkdir(parents=True, exist_ok=True)
+        self.pool.workspace_watch = await asyncio.to_thread(WorkspaceWatch, self.config.workspace)
         self._find_dormant()
         if DEFAULT_SESSION not in self.sessions:
             await self.create(DEFAULT_SESSION, DEFAULT_DESCRIPTION)
@@ -140,3 +142,5 @@ class SessionManager:
         await asyncio.gather(
             self.pool.aclose(), *(s.stop(flush) for s in sessions), return_exceptions=True
         )
+        if self.pool.workspace_watch is not None:
+            self.pool.workspace_watch.close()

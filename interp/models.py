@@ -107,6 +107,13 @@ class RecoveryInfo(BaseModel):
     duration_ms: float | None = Field(description="time the worker took to restore")
 
 
+class FilesChanged(BaseModel):
+    created: list[str] = Field(description="workspace paths the cell created")
+    modified: list[str]
+    deleted: list[str]
+    complete: bool = Field(description="false if the list may miss changes (queue overflow)")
+
+
 class ExecResult(BaseModel):
     status: ExecStatus = Field(
         description="ok | error | timeout | interrupted | crashed; queued | running for a "
@@ -136,6 +143,10 @@ class ExecResult(BaseModel):
         description="set when the session was restored from a snapshot during this call"
     )
     notices: list[str] = Field(description="things the agent should know about this session")
+    files_changed: FilesChanged | None = Field(
+        description="workspace files the cell created, modified or deleted"
+    )
+    new_files: list[str] = Field(description="files_changed.created (the old product's key)")
 
 
 class SnapshotInfo(BaseModel):
@@ -396,3 +407,7 @@ class RunScriptResult(BaseModel):
     duration_s: float
     timed_out: bool
     truncated: dict[str, int] = Field(description="characters cut from the middle, per stream")
+    files_changed: FilesChanged | None = Field(
+        description="workspace files it created, modified or deleted"
+    )
+    new_files: list[str]

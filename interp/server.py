@@ -41,6 +41,7 @@ from interp.models import (
     ExecResult,
     ExecutionInfo,
     FileEntry,
+    FilesChanged,
     ForkSessionResult,
     GetExecutionResult,
     ImageInfo,
@@ -200,6 +201,8 @@ def _exec_parts(outcome: ExecOutcome, execution_id: str) -> tuple[ExecResult, li
         crash=outcome.crash,  # type: ignore[arg-type]
         recovery=_recovery(outcome.recovery),
         notices=outcome.notices,
+        files_changed=FilesChanged(**outcome.files_changed) if outcome.files_changed else None,  # type: ignore[arg-type]
+        new_files=list((outcome.files_changed or {}).get("created") or []),
     )
     return model, images
 
@@ -228,6 +231,8 @@ def _pending_result(run: Execution) -> ToolResult:
         crash=None,
         recovery=None,
         notices=[],
+        files_changed=None,
+        new_files=[],
     )
     text = (
         f"execution {run.id} {run.status} in session {run.session_id} (background); "
@@ -819,6 +824,14 @@ def create_server(config: Config) -> FastMCP:
     # -- workspace files ---------------------------------------------------------------
 
     workspace = Workspace(config.workspace)
+
+    def workspace_changes() -> dict[str, Any] | None:
+        """What changed in the workspace since the last look (see interp.changes). File tools
+        call it after their own change, so the next cell is not credited with it."""
+        manager = state.manager
+        watch = manager.pool.workspace_watch if manager else None
+        return watch.drain().as_dict() if watch is not None else None
+
     PathArg = Annotated[
         str,
         Field(
@@ -915,6 +928,7 @@ def create_server(config: Config) -> FastMCP:
                 f"{limits.write_max_bytes:,}"
             )
         written = await asyncio.to_thread(workspace.write, path, data)
+        workspace_changes()
         rel = "/".join(split(path))
         return _result(WriteFileResult(path=rel, bytes=written), f"wrote {rel} ({written:,} bytes)")
 
@@ -922,6 +936,7 @@ def create_server(config: Config) -> FastMCP:
     async def delete_file(filename: PathArg) -> ToolResult:
         """Delete a file, a symlink (not its target) or an empty folder of the workspace."""
         kind = await asyncio.to_thread(workspace.delete, filename)
+        workspace_changes()
         rel = "/".join(split(filename))
         model = DeleteFileResult(success=True, path=rel, kind=kind)  # type: ignore[arg-type]
         return _result(model, f"deleted {kind} {rel}")
@@ -958,6 +973,7 @@ def create_server(config: Config) -> FastMCP:
         if len(data) > limits.write_max_bytes:
             raise InvalidRequest(f"the script is over {limits.write_max_bytes:,} bytes")
         size = await asyncio.to_thread(workspace.write, rel, data)
+        workspace_changes()
         return _result(SaveScriptResult(script=rel, bytes=size), f"saved {rel} ({size:,} bytes)")
 
     @tool(RunScriptResult)
@@ -971,7 +987,9 @@ def create_server(config: Config) -> FastMCP:
         """Run a workspace script (e.g. from save_script) in its own process, in the
         workspace, with the session limits; returns exit code, stdout, stderr (capped) and
         duration. On timeout its whole process group is stopped. Session state is untouched."""
+        workspace_changes()  # not the script's
         result = await scripts.run_script(config, workspace, path, list(args), timeout)
+        changed = workspace_changes() or {}
         rel = "/".join(split(path))
         model = RunScriptResult(
             script=rel,
@@ -981,6 +999,8 @@ def create_server(config: Config) -> FastMCP:
             duration_s=round(result.duration, 3),
             timed_out=result.timed_out,
             truncated=result.truncated,
+            files_changed=FilesChanged(**changed) if changed else None,  # type: ignore[arg-type]
+            new_files=list(changed.get("created") or []),
         )
         how = "timed out" if result.timed_out else f"exit {result.returncode}"
         text = f"{rel}: {how} in {result.duration:.2f} s\n{result.stdout}"

@@ -97,6 +97,7 @@ class ExecOutcome:
     truncated: dict[str, int] = field(default_factory=dict)  # stream -> characters cut
     timeout_rung: str | None = None
     limit: str | None = None  # the limit that stopped the cell (memory watermark)
+    files_changed: dict[str, Any] | None = None  # interp.changes, for the workspace
     state_lost: bool = False
     restarted: bool = False
     crash: dict[str, Any] | None = None
@@ -621,6 +622,9 @@ class Session:
         run.output = worker.outputs.get(run.id)
         try:
             outcome = await self._await_cell(worker, run.id, fut, timeout)
+            watch = self.pool.workspace_watch
+            if watch is not None:  # everything the cell wrote is queued by now
+                outcome.files_changed = watch.drain().as_dict()
         except asyncio.CancelledError:
             # MCP cancellation: stop the cell in the background; the next call on this
             # session waits for that (see _ensure_worker).

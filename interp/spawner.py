@@ -570,6 +570,8 @@ class WorkerPool:
         self._spares: list[WorkerProcess] = []
         #: Bumped by each install_dependencies: sessions then refresh their import caches.
         self.install_epoch = 0
+        #: The workspace's change watch (interp.changes), shared by every session's cells.
+        self.workspace_watch: Any = None
         self._filling: set[asyncio.Task[None]] = set()
         self._closed = False
 

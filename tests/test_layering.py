@@ -16,7 +16,7 @@ WORKER_SIDE = {
 }  # fmt: skip
 SERVER_SIDE = {
     "server", "manager", "session", "spawner", "middleware", "models", "render", "cli",
-    "logs", "errors", "executions", "memwatch", "workspace", "packages", "scripts",
+    "logs", "errors", "executions", "memwatch", "workspace", "packages", "scripts", "changes",
 }  # fmt: skip
 
 
