@@ -181,6 +181,47 @@ def _trim_traceback(tb: Any) -> Any:
     return tb
 
 
+#: Previews of big tabular values, sized for an agent's context: rows, columns, line width.
+PREVIEW_ROWS = 20
+PREVIEW_COLUMNS = 12
+PREVIEW_WIDTH = 120
+PREVIEW_ITEMS = 200  # numpy summarises arrays with more elements than this
+
+
+def _short_previews(shell: InteractiveShell) -> None:
+    """text/plain of DataFrames, Series and arrays in their usual format, but at most
+    PREVIEW_ROWS rows (head and tail) and PREVIEW_COLUMNS columns, with the shape. Registered
+    by name: pandas and numpy are imported only if the user's code imports them."""
+    formatter = shell.display_formatter
+    assert formatter is not None  # built with the shell
+    plain = formatter.formatters["text/plain"]
+
+    def pandas_text(obj: Any, p: Any, cycle: bool) -> None:
+        import pandas as pd
+
+        with pd.option_context(
+            "display.max_rows", PREVIEW_ROWS,
+            "display.min_rows", PREVIEW_ROWS,
+            "display.max_columns", PREVIEW_COLUMNS,
+            "display.width", PREVIEW_WIDTH,
+            "display.max_colwidth", 40,
+        ):  # fmt: skip
+            p.text(repr(obj))
+
+    def numpy_text(obj: Any, p: Any, cycle: bool) -> None:
+        import numpy as np
+
+        with np.printoptions(threshold=PREVIEW_ITEMS, edgeitems=3, linewidth=PREVIEW_WIDTH):
+            text = repr(obj)
+        if obj.size > PREVIEW_ITEMS:
+            text += f"\n[shape {obj.shape}, dtype {obj.dtype}]"
+        p.text(text)
+
+    plain.for_type_by_name("pandas.core.frame", "DataFrame", pandas_text)
+    plain.for_type_by_name("pandas.core.series", "Series", pandas_text)
+    plain.for_type_by_name("numpy", "ndarray", numpy_text)
+
+
 def _no_input(*args: Any, **kwargs: Any) -> str:
     raise RuntimeError(
         "input() is not available: an interp session has no terminal. "
@@ -199,6 +240,7 @@ def build_shell() -> WorkerShell:
     cfg.InteractiveShell.xmode = "Plain"
     cfg.InteractiveShell.cache_size = 100
     shell = WorkerShell.instance(config=cfg)
+    _short_previews(shell)
     builtins.input = _no_input
     shell.user_ns["input"] = _no_input
     # Warm the paths every session takes (compile, display hook, completion with jedi) so the
