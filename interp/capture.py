@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 STREAMS = ("stdout", "stderr")
 #: Output is forwarded at most this often while a burst lasts; the first chunk after a quiet
@@ -51,8 +52,17 @@ class CappedText:
     dropped: int = 0
     sent_parts: int = 0  # how many head parts were already forwarded
     tail_changed: bool = False  # the tail grew since it was last forwarded
+    #: Where the whole stream is saved once it outgrows the cap (None: not saved), and how
+    #: many bytes at most; `saved` is the bytes written, -1 until the file is opened.
+    spool_path: str | None = None
+    spool_max: int = 0
+    saved: int = -1
+    spool_cut: bool = False
+    _spool: Any = None
 
     def add(self, text: str) -> None:
+        if self.spool_path is not None and not self.spool_cut:
+            self._save(text)
         room = self.head_limit - self.head_len
         if room > 0:
             part = text[:room]
@@ -76,6 +86,44 @@ class CappedText:
                 self.tail[0] = first[excess:]
                 self.tail_len -= excess
                 self.dropped += excess
+
+    def _save(self, text: str) -> None:
+        """Keep the whole stream in a file once it will not fit the cap: at that moment head
+        and tail still hold everything, so the file starts with them."""
+        if self._spool is None:
+            if self.head_len + self.tail_len + len(text) <= self.head_limit + self.tail_limit:
+                return
+            try:
+                os.makedirs(os.path.dirname(self.spool_path or "."), exist_ok=True)
+                self._spool = open(self.spool_path or "", "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+            except OSError:
+                self.spool_cut = True
+                return
+            self.saved = 0
+            self._write("".join(self.head) + "".join(self.tail))
+        self._write(text)
+
+    def _write(self, text: str) -> None:
+        room = self.spool_max - self.saved
+        if len(text) > room:
+            text = (
+                text[: max(0, room)]
+                + f"\n[interp: stopped saving at {self.spool_max:,} characters]\n"
+            )
+            self.spool_cut = True
+        try:
+            self._spool.write(text)
+            self.saved += len(text)
+        except OSError:
+            self.spool_cut = True
+        if self.spool_cut:
+            self.close_spool()
+
+    def close_spool(self) -> None:
+        if self._spool is not None:
+            with contextlib.suppress(OSError):
+                self._spool.close()
+            self._spool = None
 
     def has_unsent(self) -> bool:
         return self.sent_parts < len(self.head)
@@ -168,6 +216,8 @@ class OutputCapture:
         send: Callable[[str, str, str], None],
         pipes: dict[str, tuple[int, int]],
         send_tail: Callable[[str, str, str, int], None] | None = None,
+        spool_root: str | None = None,
+        spool_max: int = 0,
     ) -> None:
         """pipes: (read_fd, write_fd) per stream. The server made them and keeps its own
         copy of each read end: what a dead worker never read is still there for it."""
@@ -175,6 +225,9 @@ class OutputCapture:
         sys.stderr.flush()
         self._send = send  # (exec_id, stream, text) -> None
         self._send_tail = send_tail  # (exec_id, stream, latest tail, characters before it)
+        #: Output over the cap is saved whole under <spool_root>/outputs/ (the workspace).
+        self._spool_root = spool_root
+        self._spool_max = spool_max
         self._last_tail = 0.0
         self._streams = {
             "stdout": _Stream(1, pipes["stdout"], limit),
@@ -211,8 +264,14 @@ class OutputCapture:
         """Start attributing output to exec_id (output since the last cell is kept)."""
         with self._lock:
             self._exec_id = exec_id
-            for stream in self._streams.values():
+            for name, stream in self._streams.items():
                 stream.done.clear()
+                if self._spool_root is not None and self._spool_max > 0:
+                    safe = "".join(c for c in exec_id if c.isalnum() or c in "-_")[:40]
+                    stream.buffer.spool_path = os.path.join(
+                        self._spool_root, "outputs", f"{safe}-{name}.txt"
+                    )
+                    stream.buffer.spool_max = self._spool_max
 
     def end(self, timeout: float = 5.0) -> dict[str, dict[str, object]]:
         """Flush, wait for the sentinels, and return the cell's tails and counts.
@@ -250,6 +309,9 @@ class OutputCapture:
             buf = stream.buffer
             self._flush_head(name, stream)
             out[name] = {"tail": buf.tail_text(), "dropped": buf.dropped}
+            buf.close_spool()
+            if buf.saved >= 0 and buf.spool_path:
+                out[name]["saved"] = os.path.relpath(buf.spool_path, self._spool_root or ".")
             stream.buffer = stream.new_buffer()
             stream.token = None
             leftover, stream.pending = stream.pending, b""

@@ -38,6 +38,9 @@ class Limits:
     #: Per stream (stdout, stderr), what an execution result keeps: the first half and the
     #: last half of this many characters, with a marker saying how much was cut between.
     output_chars: int = 40_000
+    #: Output over output_chars is also saved whole in workspace/outputs/, up to this many
+    #: characters per stream (a 1 GB print loop must not fill the disk).
+    output_file_chars: int = 100_000_000
     #: Images returned per execution; more are counted and dropped.
     max_images: int = 8
     #: read_file: default and largest max_bytes.

@@ -147,6 +147,9 @@ class ExecResult(BaseModel):
         description="workspace files the cell created, modified or deleted"
     )
     new_files: list[str] = Field(description="files_changed.created (the old product's key)")
+    outputs: list[str] = Field(
+        description="workspace files holding output too long to return (read_file them)"
+    )
 
 
 class SnapshotInfo(BaseModel):

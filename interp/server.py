@@ -203,6 +203,7 @@ def _exec_parts(outcome: ExecOutcome, execution_id: str) -> tuple[ExecResult, li
         notices=outcome.notices,
         files_changed=FilesChanged(**outcome.files_changed) if outcome.files_changed else None,  # type: ignore[arg-type]
         new_files=list((outcome.files_changed or {}).get("created") or []),
+        outputs=outcome.outputs,
     )
     return model, images
 
@@ -233,6 +234,7 @@ def _pending_result(run: Execution) -> ToolResult:
         notices=[],
         files_changed=None,
         new_files=[],
+        outputs=[],
     )
     text = (
         f"execution {run.id} {run.status} in session {run.session_id} (background); "

@@ -98,6 +98,7 @@ class ExecOutcome:
     timeout_rung: str | None = None
     limit: str | None = None  # the limit that stopped the cell (memory watermark)
     files_changed: dict[str, Any] | None = None  # interp.changes, for the workspace
+    outputs: list[str] = field(default_factory=list)  # workspace files holding whole output
     state_lost: bool = False
     restarted: bool = False
     crash: dict[str, Any] | None = None
@@ -105,12 +106,13 @@ class ExecOutcome:
     notices: list[str] = field(default_factory=list)
 
 
-def _compose(head: str, tail: str, dropped: int, stream: str) -> str:
+def _compose(head: str, tail: str, dropped: int, stream: str, saved: Any = None) -> str:
     if not dropped:
         return head + tail
+    where = f"; all of it is in {saved}" if isinstance(saved, str) else ""
     return (
         f"{head}\n[... {dropped:,} characters of {stream} cut: the first {len(head):,} and "
-        f"last {len(tail):,} are shown ...]\n{tail}"
+        f"last {len(tail):,} are shown{where} ...]\n{tail}"
     )
 
 
@@ -838,7 +840,10 @@ class Session:
             info = streams.get(name) or {}
             head = out.head(name) if out is not None else ""
             dropped = int(info.get("dropped") or 0)
-            text = _compose(head, str(info.get("tail") or ""), dropped, name)
+            saved = info.get("saved")
+            text = _compose(head, str(info.get("tail") or ""), dropped, name, saved)
+            if isinstance(saved, str):
+                outcome.outputs.append(saved)
             setattr(outcome, name, text)
             if dropped:
                 outcome.truncated[name] = dropped

@@ -213,6 +213,7 @@ class WorkerProcess:
             "workspace": str(self.config.workspace),
             "fault_path": str(self.fault_path),
             "output_chars": limits.output_chars,
+            "output_file_chars": limits.output_file_chars,
             "max_images": limits.max_images,
             "max_image_bytes": limits.max_image_bytes,
             "limits": limits.worker_limits(),

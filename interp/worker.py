@@ -105,7 +105,12 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
     channel = _Channel(conn)
     pipes = {name: (_take_fd(r), _take_fd(w)) for name, (r, w) in opts.pop("pipes").items()}
     capture = OutputCapture(
-        int(opts["output_chars"]), channel.send_output, pipes, channel.send_tail
+        int(opts["output_chars"]),
+        channel.send_output,
+        pipes,
+        channel.send_tail,
+        spool_root=opts["workspace"],
+        spool_max=int(opts.get("output_file_chars") or 0),
     )
     _enable_faulthandler(opts["fault_path"])
     limits = opts["limits_report"] = rlimits.apply(opts["limits"])
@@ -298,7 +303,14 @@ class _Worker:
         self.channel = _Channel(self.conn)
         pipes = {"stdout": (out_r, out_w), "stderr": (err_r, err_w)}
         limit = int(self.opts["output_chars"])
-        self.capture = OutputCapture(limit, self.channel.send_output, pipes, self.channel.send_tail)
+        self.capture = OutputCapture(
+            limit,
+            self.channel.send_output,
+            pipes,
+            self.channel.send_tail,
+            spool_root=self.opts["workspace"],
+            spool_max=int(self.opts.get("output_file_chars") or 0),
+        )
         _enable_faulthandler(request["fault_path"])
         self._configure_snapshots(request)
         limits = self.opts.get("limits_report")  # inherited across the fork

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastmcp import Client
 
+from interp.config import Config
 from tests.conftest import run
 
 
@@ -22,3 +23,16 @@ async def test_dataframes_and_arrays_come_back_as_short_previews(client: Client)
     assert small["result"] == "array([0, 1, 2, 3, 4])"
     s = await run(client, "df[0]")
     assert "Name: 0, Length: 100000" in s["result"] and len(s["result"].splitlines()) <= 25
+
+
+async def test_output_over_the_cap_is_saved_whole_in_the_workspace(
+    client: Client, config: Config
+) -> None:
+    r = await run(client, "for i in range(20_000):\n    print(f'line {i:05d}')")
+    assert r["truncated"]["stdout"] > 0
+    assert r["outputs"] == [f"outputs/{r['execution_id']}-stdout.txt"]
+    saved = (config.workspace / r["outputs"][0]).read_text()
+    assert saved == "".join(f"line {i:05d}\n" for i in range(20_000))
+    assert r["outputs"][0] in r["stdout"]  # the cut marker says where the rest is
+    small = await run(client, "print('short')")
+    assert small["outputs"] == [] and small["stdout"] == "short\n"

@@ -57,7 +57,7 @@ def test_lean_schema_is_the_same_contract() -> None:
     assert len(text) < len(json.dumps(full))
     ok = ExecResult(
         status="error", session_id="s", execution_id="x1", execution_count=None, stdout="",
-        stderr="", limit=None, files_changed=None, new_files=[],
+        stderr="", limit=None, files_changed=None, new_files=[], outputs=[],
         result=None, results=[], error={"ename": "E", "evalue": "v", "traceback": "t"},
         duration_ms=1.0, execution_time=0.001, images=[{"mime_type": "image/png", "bytes": 3}],
         images_dropped=[], truncated={"stdout": 5}, timeout_rung=None, state_lost=False,
