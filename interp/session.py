@@ -828,6 +828,8 @@ class Session:
             error=reply.get("error"),
             duration_ms=float(reply.get("duration") or 0.0) * 1000,
         )
+        outcome.outputs.extend(str(p) for p in reply.get("saved_files") or [])
+        outcome.notices.extend(str(n) for n in reply.get("image_notes") or [])
         changed = reply.get("changed")
         touched = reply.get("touched")
         if isinstance(outcome.execution_count, int):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import os
 import re
 import reprlib
 import sys
@@ -46,6 +47,11 @@ class CellRecord:
     images: list[dict[str, str]] = field(default_factory=list)  # {mime, data(base64)}
     images_dropped: list[str] = field(default_factory=list)  # why each was dropped
     error: dict[str, Any] | None = None
+    #: Images that cannot come back inline are saved as <save_dir>/outputs/<prefix>-image-N.
+    save_dir: str | None = None
+    prefix: str = "cell"
+    saved: list[str] = field(default_factory=list)  # workspace-relative paths
+    notes: list[str] = field(default_factory=list)  # what was done to images that came back
 
     def add_bundle(self, data: dict[str, Any], *, is_result: bool) -> None:
         image = next((m for m in IMAGE_MIMES if m in data), None)
@@ -60,22 +66,82 @@ class CellRecord:
 
     def _add_image(self, mime: str, payload: Any) -> None:
         if isinstance(payload, bytes | bytearray):
-            raw_len = len(payload)
-            encoded = base64.b64encode(payload).decode("ascii")
+            raw = bytes(payload)
         elif isinstance(payload, str):
-            encoded = payload.replace("\n", "")
-            raw_len = len(encoded) * 3 // 4
+            try:
+                raw = base64.b64decode(payload)
+            except ValueError:
+                self.images_dropped.append(f"{mime}: not valid base64")
+                return
         else:
             self.images_dropped.append(f"{mime}: unsupported payload {type(payload).__name__}")
             return
         if len(self.images) >= self.max_images:
-            self.images_dropped.append(f"{mime}: more than {self.max_images} images in one cell")
-        elif raw_len > self.max_image_bytes:
+            where = self._save(mime, raw)
             self.images_dropped.append(
-                f"{mime}: {raw_len} bytes, over the {self.max_image_bytes}-byte limit"
+                f"{mime}: more than {self.max_images} images in one cell" + where
             )
-        else:
-            self.images.append({"mime": mime, "data": encoded})
+            return
+        if len(raw) > self.max_image_bytes:
+            smaller = _downscale(raw, self.max_image_bytes)
+            where = self._save(mime, raw)
+            if smaller is None:
+                self.images_dropped.append(
+                    f"{mime}: {len(raw):,} bytes, over the {self.max_image_bytes:,}-byte limit"
+                    + where
+                )
+                return
+            mime, raw, size = smaller
+            self.notes.append(f"an image was downscaled to {size} to fit{where}")
+        self.images.append({"mime": mime, "data": base64.b64encode(raw).decode("ascii")})
+
+    def _save(self, mime: str, raw: bytes) -> str:
+        """Save the image whole in the workspace; returns "; saved as PATH" or ""."""
+        if self.save_dir is None:
+            return ""
+        ext = mime.split("/")[-1].replace("jpeg", "jpg")
+        rel = f"outputs/{self.prefix}-image-{len(self.saved) + 1}.{ext}"
+        try:
+            os.makedirs(os.path.join(self.save_dir, "outputs"), exist_ok=True)
+            with open(os.path.join(self.save_dir, rel), "wb") as f:
+                f.write(raw)
+        except OSError:
+            return ""
+        self.saved.append(rel)
+        return f"; saved as {rel}"
+
+
+#: Longest side of a downscaled image (what vision models take without resizing it again).
+MAX_IMAGE_SIDE = 1568
+
+
+def _downscale(raw: bytes, limit: int) -> tuple[str, bytes, str] | None:
+    """(mime, bytes, "WxH") of a smaller version under limit, as PNG or else JPEG; None if
+    Pillow is missing or nothing fits."""
+    try:
+        import io
+
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            small = im.copy()
+        small.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+        for fmt, mime in (("PNG", "image/png"), ("JPEG", "image/jpeg")):
+            for side in (MAX_IMAGE_SIDE, 1024, 768, 512):
+                frame = small.copy()
+                frame.thumbnail((side, side))
+                if fmt == "JPEG" and frame.mode not in ("RGB", "L"):
+                    frame = frame.convert("RGB")
+                out = io.BytesIO()
+                frame.save(out, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+                if out.tell() <= limit:
+                    return mime, out.getvalue(), f"{frame.width}x{frame.height}"
+    except Exception:  # a corrupt image is dropped, never the cell
+        return None
+    return None
 
 
 class CollectingDisplayHook(DisplayHook):

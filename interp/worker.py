@@ -362,7 +362,10 @@ def _execute(
     from interp.shell import CellRecord
 
     record = CellRecord(
-        max_images=int(opts["max_images"]), max_image_bytes=int(opts["max_image_bytes"])
+        max_images=int(opts["max_images"]),
+        max_image_bytes=int(opts["max_image_bytes"]),
+        save_dir=opts["workspace"],
+        prefix="".join(c for c in request["id"] if c.isalnum() or c in "-_")[:40],
     )
     shell.record = record
     count = shell.execution_count
@@ -394,6 +397,8 @@ def _execute(
         "texts": record.texts,
         "images": record.images,
         "images_dropped": record.images_dropped,
+        "saved_files": record.saved,
+        "image_notes": record.notes,
         "error": record.error,
         "duration": duration,
         "streams": streams,

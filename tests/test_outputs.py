@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from fastmcp import Client
+from mcp.types import ImageContent
+from PIL import Image
 
 from interp.config import Config
-from tests.conftest import run
+from interp.server import create_server
+from tests.conftest import make_config, run
 
 
 async def test_dataframes_and_arrays_come_back_as_short_previews(client: Client) -> None:
@@ -36,3 +42,30 @@ async def test_output_over_the_cap_is_saved_whole_in_the_workspace(
     assert r["outputs"][0] in r["stdout"]  # the cut marker says where the rest is
     small = await run(client, "print('short')")
     assert small["outputs"] == [] and small["stdout"] == "short\n"
+
+
+async def test_big_and_extra_images_are_downscaled_or_saved(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config = config.replace(
+        limits=dataclasses.replace(config.limits, max_image_bytes=200_000, max_images=2)
+    )
+    async with Client(create_server(config)) as c:
+        raw = await c.call_tool(
+            "run_python_code",
+            {
+                "code": "from PIL import Image\nimport os\n"
+                "noise = Image.frombytes('RGB', (1200, 1200), os.urandom(1200 * 1200 * 3))\n"
+                "display(noise)\ndisplay(Image.new('RGB', (8, 8)))\n"
+                "display(Image.new('RGB', (9, 9)))"
+            },
+        )
+        r = raw.structured_content
+        assert r is not None
+        inline = [b for b in raw.content if isinstance(b, ImageContent)]
+        assert len(inline) == 2 and r["images"][0]["bytes"] <= 200_000
+        assert any("downscaled" in n for n in r["notices"])
+        # The original of the big one, and the third image (over max_images), are saved.
+        assert len(r["outputs"]) == 2 and all(p.startswith("outputs/") for p in r["outputs"])
+        assert any("more than 2 images" in d and "saved as" in d for d in r["images_dropped"])
+        with Image.open(config.workspace / r["outputs"][0]) as original:
+            assert original.size == (1200, 1200)
