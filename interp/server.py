@@ -93,7 +93,9 @@ session restarts from its last snapshot; the result says which. For long work pa
 background=true: run_python_code returns an execution_id at once; get_execution(execution_id,
 wait_seconds) returns its output so far and, when done, its result; interrupt_kernel stops
 it. Output is capped: the middle of very long output is cut with a marker. Images a cell
-displays come back as image content. The working directory is the workspace folder."""
+displays come back as image content. The working directory is the workspace folder: the file
+tools (list_files, read_file, write_file, delete_file) work in it, each result lists the files
+a cell created, modified or deleted, and output too long to return is saved in outputs/."""
 
 SessionIdArg = Annotated[
     str | None,
