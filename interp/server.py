@@ -915,7 +915,14 @@ def create_server(config: Config) -> FastMCP:
     @tool(WriteFileResult)
     async def write_file(
         path: PathArg,
-        content: Annotated[str, Field(description="text, or base64 with binary_base64=true")],
+        content: Annotated[
+            str,
+            Field(
+                description="text, or base64 with binary_base64=true",
+                # base64 of the largest file; the decoded size is checked again below
+                max_length=limits.write_max_bytes * 4 // 3 + 4,
+            ),
+        ],
         binary_base64: Annotated[bool, Field(description="content is base64 bytes")] = False,
     ) -> ToolResult:
         """Write a file of the workspace atomically (replacing it), creating its folders."""
@@ -969,7 +976,9 @@ def create_server(config: Config) -> FastMCP:
     @tool(SaveScriptResult)
     async def save_script(
         name: Annotated[str, Field(description="1-64 of A-Z a-z 0-9 _ - (.py optional)")],
-        content: Annotated[str, Field(description="Python source")],
+        content: Annotated[
+            str, Field(description="Python source", max_length=limits.write_max_bytes)
+        ],
     ) -> ToolResult:
         """Save a Python script as scripts/NAME.py in the workspace (replacing it)."""
         rel = script_path(name)
