@@ -140,9 +140,8 @@ class WorkspaceWatch:
         # Only regular files are reported as created or modified (not FIFOs, sockets).
         for name in list(out.created | out.modified):
             with contextlib.suppress(OSError):
-                if not stat.S_ISREG(os.lstat(self.root / name).st_mode) and not stat.S_ISLNK(
-                    os.lstat(self.root / name).st_mode
-                ):
+                mode = os.lstat(self.root / name).st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                     out.created.discard(name)
                     out.modified.discard(name)
         return out

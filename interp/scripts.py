@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from interp.capture import CappedText
 from interp.config import Config
 from interp.errors import InvalidRequest
-from interp.workspace import Workspace, split
+from interp.workspace import Workspace, relative
 
 SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Arguments passed to a script: how many, and how long each.
@@ -65,7 +65,7 @@ async def run_script(
         raise InvalidRequest(
             f"args: at most {MAX_ARGS}, each under {MAX_ARG_CHARS} characters, no NUL"
         )
-    rel = "/".join(split(path))
+    rel = relative(path)
     limit = config.limits.read_max_bytes
     source, size = await asyncio.to_thread(workspace.read, rel, limit)
     if size > len(source):

@@ -75,7 +75,7 @@ from interp.models import (
 from interp.packages import MAX_PACKAGES, Installer, install, parse
 from interp.scripts import script_path
 from interp.session import ExecOutcome, Session
-from interp.workspace import MAX_PATH, Workspace, split
+from interp.workspace import MAX_PATH, Workspace, relative
 
 log = logging.getLogger("interp.server")
 
@@ -863,7 +863,7 @@ def create_server(config: Config) -> FastMCP:
         keep = [
             e for e in found if (include_files or e[1] == "dir") and (include_dirs or e[1] != "dir")
         ]
-        root = "/".join(split(path)) or "."
+        root = relative(path) or "."
         if tree:
             lines = [f"{root}/"]
             for name, kind, size, level in keep:
@@ -899,7 +899,7 @@ def create_server(config: Config) -> FastMCP:
         cut = size > len(data)
         text = _utf8(data, cut)
         model = ReadFileResult(
-            path="/".join(split(path)),
+            path=relative(path),
             text=text,
             base64=None if text is not None else base64.b64encode(data).decode("ascii"),
             size=size,
@@ -940,7 +940,7 @@ def create_server(config: Config) -> FastMCP:
             )
         written = await asyncio.to_thread(workspace.write, path, data)
         workspace_changes()
-        rel = "/".join(split(path))
+        rel = relative(path)
         return _result(WriteFileResult(path=rel, bytes=written), f"wrote {rel} ({written:,} bytes)")
 
     @tool(DeleteFileResult)
@@ -948,7 +948,7 @@ def create_server(config: Config) -> FastMCP:
         """Delete a file, a symlink (not its target) or an empty folder of the workspace."""
         kind = await asyncio.to_thread(workspace.delete, filename)
         workspace_changes()
-        rel = "/".join(split(filename))
+        rel = relative(filename)
         model = DeleteFileResult(success=True, path=rel, kind=kind)  # type: ignore[arg-type]
         return _result(model, f"deleted {kind} {rel}")
 
@@ -1003,7 +1003,7 @@ def create_server(config: Config) -> FastMCP:
         workspace_changes()  # not the script's
         result = await scripts.run_script(config, workspace, path, list(args), timeout)
         changed = workspace_changes() or {}
-        rel = "/".join(split(path))
+        rel = relative(path)
         model = RunScriptResult(
             script=rel,
             returncode=result.returncode,

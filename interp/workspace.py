@@ -56,6 +56,11 @@ def split(path: str) -> list[str]:
     return parts
 
 
+def relative(path: str) -> str:
+    """The path as the tools report it: checked, normalised, relative ("" for the root)."""
+    return "/".join(split(path))
+
+
 def _refuse(path: str, exc: OSError) -> PathRefused:
     if exc.errno == errno.ELOOP or exc.errno == errno.ENOTDIR:
         return PathRefused(f"{path!r}: a symlink or a non-folder is on the path; not followed")

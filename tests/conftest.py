@@ -55,6 +55,13 @@ async def run(client: Client, code: str, **args: Any) -> dict[str, Any]:
     return r.structured_content
 
 
+async def tool(client: Client, tool_name: str, /, **args: Any) -> dict[str, Any]:
+    """A tool's structured result (positional name: a tool may take a `name` argument)."""
+    r = await client.call_tool(tool_name, args)
+    assert r.structured_content is not None
+    return r.structured_content
+
+
 async def wait_until(
     predicate: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0
 ) -> None:

@@ -10,13 +10,7 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from interp.config import Config
-from tests.conftest import run
-
-
-async def tool(c: Client, name: str, **args: Any) -> dict[str, Any]:
-    result = (await c.call_tool(name, args)).structured_content
-    assert result is not None
-    return result
+from tests.conftest import run, tool
 
 
 async def test_text_and_binary_round_trip(client: Client, config: Config) -> None:

@@ -16,16 +16,10 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from interp.server import create_server
-from tests.conftest import make_config, run, wait_until
+from tests.conftest import make_config, run, tool, wait_until
 from tests.test_faults import assert_canary, canary  # noqa: F401  (fixture)
 
 MiB = 1024**2
-
-
-async def tool(c: Client, name: str, **args: Any) -> dict[str, Any]:
-    result = (await c.call_tool(name, args)).structured_content
-    assert result is not None
-    return result
 
 
 @contextlib.asynccontextmanager

@@ -29,6 +29,7 @@ from tests.conftest import (
     run,
     start_http_server,
     stdio_transport,
+    tool,
     wait_until,
 )
 from tests.test_faults import assert_canary, canary
@@ -37,13 +38,6 @@ __all__ = ["canary"]  # a fixture: imported so pytest finds it here
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-async def tool(client: Client, name: str, **args: Any) -> dict[str, Any]:
-    """A tool's structured result."""
-    r = await client.call_tool(name, args)
-    assert r.structured_content is not None
-    return r.structured_content
 
 
 async def session_info(client: Client, session_id: str = "default") -> dict[str, Any]:

@@ -10,13 +10,7 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from interp.config import Config
-from tests.conftest import run, wait_until
-
-
-async def tool(c: Client, tool_name: str, **args: Any) -> dict[str, Any]:
-    result = (await c.call_tool(tool_name, args)).structured_content
-    assert result is not None
-    return result
+from tests.conftest import run, tool, wait_until
 
 
 async def test_save_and_run_with_args_exit_code_and_output(client: Client, config: Config) -> None:
