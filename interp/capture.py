@@ -218,6 +218,7 @@ class OutputCapture:
         send_tail: Callable[[str, str, str, int], None] | None = None,
         spool_root: str | None = None,
         spool_max: int = 0,
+        start: bool = True,
     ) -> None:
         """pipes: (read_fd, write_fd) per stream. The server made them and keeps its own
         copy of each read end: what a dead worker never read is still there for it."""
@@ -252,7 +253,14 @@ class OutputCapture:
             line_buffering=True,
         )
         self._thread = threading.Thread(target=self._run, name="interp-capture", daemon=True)
-        self._thread.start()
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start the reader thread (once): the worker starts it only after confining itself,
+        because Landlock confines the calling thread and the threads it starts after."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
 
     def detach(self) -> None:
         """In a forked child: let go of the source's pipes (its reader thread is not here)."""

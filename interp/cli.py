@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from interp.config import Config, Limits
+from interp.sandbox import kernel_abi
 
 log = logging.getLogger("interp.cli")
 
@@ -88,6 +89,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="crashes within --crash-window seconds after which a session stops restarting",
     )
     limits.add_argument("--crash-window", type=float, default=defaults.limits.crash_window)
+    sandbox = p.add_argument_group(
+        "sandbox (Landlock: sessions and scripts see only the workspace)"
+    )
+    sandbox.add_argument(
+        "--sandbox",
+        choices=("auto", "landlock", "off"),
+        default=defaults.sandbox,
+        help="auto: confine where the kernel has Landlock, else run unconfined and say so; "
+        "landlock: refuse to start without it; off: never confine",
+    )
+    sandbox.add_argument(
+        "--deny-network",
+        action="store_true",
+        help="refuse TCP connect/bind to sessions and scripts (Landlock ABI 4 or later)",
+    )
     return p.parse_args(argv)
 
 
@@ -127,6 +143,8 @@ def build_config(args: argparse.Namespace) -> Config:
             crash_limit=max(1, args.crash_limit),
             crash_window=max(0.0, args.crash_window),
         ),
+        sandbox=args.sandbox,
+        deny_network=args.deny_network,
     )
 
 
@@ -139,6 +157,8 @@ def _unwind(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = build_config(parse_args(argv))
+    if config.sandbox == "landlock" and kernel_abi() < 1:
+        raise SystemExit("interp: --sandbox landlock: this kernel has no Landlock (Linux 5.13+)")
     config.workspace.mkdir(parents=True, exist_ok=True)
     config.snapshots.mkdir(parents=True, exist_ok=True)
 

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,6 +146,12 @@ class Config:
     preload_modules: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     ladder: Ladder = field(default_factory=Ladder)
+    #: Confinement of workers and scripts (`interp.sandbox`): "auto" uses Landlock where
+    #: the kernel has it and says so where it does not, "landlock" refuses to run without
+    #: it, "off" never confines.
+    sandbox: Literal["auto", "landlock", "off"] = "auto"
+    #: Refuse TCP connect/bind to sessions and scripts (Landlock ABI 4 or later).
+    deny_network: bool = False
     #: install_dependencies: a folder of wheels to install from, whether to skip the package
     #: index, and whether requirements may be URLs or paths (off: names only).
     install_find_links: Path | None = None
@@ -159,6 +165,19 @@ class Config:
         """Runtime files of this server (fault logs of workers); safe to delete when stopped.
         Its name starts with a dot, so it can never be a session's snapshot folder."""
         return self.snapshots / ".run"
+
+    def sandbox_policy(self) -> dict[str, Any]:
+        """What `interp.sandbox.apply` gets in each worker and script, less the folders."""
+        import interp
+
+        return {
+            "mode": self.sandbox,
+            "deny_network": self.deny_network,
+            # interp's own modules, wherever it is installed (an editable install points
+            # into a repository that also holds the snapshots, which stays shut).
+            "read": [str(Path(interp.__file__).parent)],
+            "protect": [str(self.snapshots)],
+        }
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 
@@ -47,23 +48,37 @@ class SessionManager:
     def _find_dormant(self) -> None:
         """Register every session folder with a snapshot (or its metadata) as dormant."""
         pattern = re.compile(SESSION_ID_PATTERN)
-        for folder in sorted(self.config.snapshots.iterdir()):
-            if not folder.is_dir() or not pattern.match(folder.name):
+        root = self.config.snapshots
+        for entry in sorted(root.iterdir()):
+            if not pattern.match(entry.name):
+                continue
+            fd = None
+            if entry.is_symlink():  # a fork: its folder is inside its source's
+                fd = snapfiles.open_fork_folder(root, entry.name)
+                if fd is None:
+                    continue
+                folder = snapfiles.fd_folder(fd)
+            elif entry.is_dir():
+                folder = entry
+            else:
                 continue
             meta = snapfiles.read_session_meta(folder) or {}
             has_state = snapfiles.auto_manifests(folder) or snapfiles.checkpoint_manifests(folder)
-            if not meta and not has_state:
+            if not meta and not has_state:  # a deleted session's folder kept for its forks
+                if fd is not None:
+                    os.close(fd)
                 continue
             created = meta.get("created_at")
-            self.sessions[folder.name] = Session(
-                folder.name,
+            self.sessions[entry.name] = Session(
+                entry.name,
                 str(meta.get("description") or ""),
                 self.config,
                 self.pool,
                 dormant=True,
                 created_at=float(created) if isinstance(created, int | float) else None,
+                folder_fd=fd,
             )
-            log.info("session %s found on disk (dormant)", folder.name)
+            log.info("session %s found on disk (dormant)", entry.name)
 
     def get(self, session_id: str | None = None) -> Session:
         sid = session_id or self.current
@@ -72,7 +87,9 @@ class SessionManager:
             raise SessionNotFound(sid, list(self.sessions))
         return session
 
-    def _register(self, session_id: str, description: str) -> Session:
+    def _register(
+        self, session_id: str, description: str, fork_of: Session | None = None
+    ) -> Session:
         """Reserve the id for a new session (caller holds the create lock)."""
         if session_id in self.sessions:
             raise SessionExists(session_id)
@@ -81,7 +98,12 @@ class SessionManager:
             raise SessionLimit(self.config.limits.max_sessions)
         session = Session(session_id, description, self.config, self.pool)
         # A stale folder of that name (deleted while the server was down) must not leak in.
-        session.discard_files()
+        try:
+            snapfiles.clear_stale(self.config.snapshots, session_id)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        if fork_of is not None:
+            session.use_fork_folder(fork_of)
         snapfiles.write_session_meta(session.folder, session_id, description, session.created_at)
         self.sessions[session_id] = session
         return session
@@ -104,7 +126,7 @@ class SessionManager:
         started = time.perf_counter()
         async with self._create_lock:
             description = f"fork of {source.id}"
-            target = self._register(new_id, description)
+            target = self._register(new_id, description, fork_of=source)
         try:
             await source.fork(target)
         except BaseException:

@@ -169,6 +169,21 @@ class LimitInfo(BaseModel):
     note: str
 
 
+class SandboxInfo(BaseModel):
+    """What confines a session's code, as its worker reported it (interp.sandbox)."""
+
+    mode: str = Field(description="--sandbox setting: auto, landlock or off")
+    enforced: bool = Field(description="true only if Landlock is in force on the worker")
+    abi: int = Field(description="the kernel's Landlock ABI version (0: none)")
+    filesystem: bool = Field(
+        description="files: only the workspace and the session's own folder are writable, "
+        "only system and Python folders readable"
+    )
+    signals: bool = Field(description="no signals to the server, forkserver or other sessions")
+    network: str = Field(description="allowed, or what is denied")
+    note: str = Field(description="what is not in force, and why")
+
+
 class SessionInfo(BaseModel):
     session_id: str
     description: str
@@ -181,6 +196,7 @@ class SessionInfo(BaseModel):
     last_exit: str | None
     snapshot: SnapshotInfo | None = Field(description="the newest automatic snapshot")
     limits: list[LimitInfo] = Field(description="limits in force on its worker")
+    sandbox: SandboxInfo | None = Field(description="confinement of its worker, once started")
     failed_reason: str | None = Field(description="why it stopped restarting (state failed)")
     running: str | None = Field(description="id of the execution running now")
 
@@ -386,6 +402,7 @@ class WorkspaceInfoResult(BaseModel):
     folders: int
     counted_all: bool = Field(description="false if the count stopped at its cap")
     limits: dict[str, int] = Field(description="caps of the file tools, bytes or entries")
+    sandbox: SandboxInfo = Field(description="what confines code in sessions and scripts")
 
 
 class InstallResult(BaseModel):

@@ -5,6 +5,9 @@ inherited the server's fds, and under stdio fd 1 is the protocol pipe: no import
 or warning may reach the client), builds and warms the IPython shell, imports the configured
 heavy modules, then ``gc.freeze()`` so forked workers do not dirty the shared pages.
 
+Only the server may ask the forkserver for a process: it forks whatever it is asked for,
+unconfined, and a session could find its socket in /proc/net/unix.
+
 The forkserver is also the subreaper of the workers' orphans (`interp.reaper`): what a dead
 worker left behind lands here for the server to sweep up, and when the server goes away (the
 forkserver then exits) everything below the forkserver is killed on the way out.
@@ -24,18 +27,39 @@ if os.environ.get("_INTERP_FORKSERVER") == "1":
     os.dup2(2, 1)
 
     import atexit
+    import errno
     import gc
     import importlib
+    import socket
+    import struct
     import sys
     import traceback
     import warnings
+    from typing import Any
 
-    from interp import launch, reaper, snapshot, worker  # noqa: F401  (launch: unpickled by children)
+    from interp import launch, reaper, sandbox, snapshot, worker  # noqa: F401  (launch: unpickled by children)
 
     reaper.become_subreaper()
+    sandbox.kernel_abi()  # loads libc for landlockpy once, here, for every worker
+    _FORKSERVER_PID = os.getpid()
+    _SERVER_PID = os.getppid()
+    _accept = socket.socket.accept
+
+    def _accept_from_server(self: socket.socket) -> tuple[socket.socket, Any]:
+        """The forkserver forks whatever a client of its socket asks for, unconfined, and
+        the socket's path is in /proc/net/unix for any session to find: only the server
+        may connect. ECONNABORTED makes the forkserver's loop drop the connection."""
+        conn, addr = _accept(self)
+        if os.getpid() == _FORKSERVER_PID and self.family == socket.AF_UNIX:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", creds)[0] != _SERVER_PID:
+                conn.close()
+                raise ConnectionAbortedError(errno.ECONNABORTED, "not the interp server")
+        return conn, addr
+
+    socket.socket.accept = _accept_from_server  # type: ignore[method-assign]
     # Orphans it adopted and reaps are no surprise here.
     warnings.filterwarnings("ignore", "forkserver: waitpid returned unexpected pid")
-    _FORKSERVER_PID = os.getpid()
 
     def _kill_everything_below() -> None:
         if os.getpid() == _FORKSERVER_PID:  # not in a forked child that exits normally

@@ -14,9 +14,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 from interp.capture import CappedText
@@ -71,20 +73,34 @@ async def run_script(
     if size > len(source):
         raise InvalidRequest(f"{rel!r} is larger than {limit:,} bytes")
     limits = json.dumps(config.limits.worker_limits())
+    private = config.run_dir / f"script-{uuid.uuid4().hex[:12]}"
+    private.mkdir(parents=True)
+    policy = {**config.sandbox_policy(), "workspace": str(config.workspace)}
+    policy["private"] = [str(private)]
     started = time.monotonic()
+    try:
+        command = [limits, json.dumps(policy), rel, *args]
+        return await _run(config, command, source, timeout, started)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, private, True)
+
+
+async def _run(
+    config: Config, command: list[str], source: bytes, timeout: float, started: float
+) -> ScriptResult:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-I",  # no import from the workspace (the cwd) before the script is confined
+        "-u",
         "-m",
         "interp.scriptrun",
-        limits,
-        rel,
-        *args,
+        *command,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=config.workspace,
         start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"},
+        env={**os.environ, "MPLBACKEND": "Agg"},
     )
     half = config.limits.output_chars // 2
     bufs = {"stdout": CappedText(half, half), "stderr": CappedText(half, half)}

@@ -24,7 +24,7 @@ from fastmcp.tools import ToolResult
 from mcp.types import ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from interp import __version__, protocol, render, scripts, spawner
+from interp import __version__, protocol, render, sandbox, scripts, spawner
 from interp.config import SESSION_ID_PATTERN, Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
 from interp.executions import Execution, ExecutionRegistry
@@ -60,6 +60,7 @@ from interp.models import (
     RestartResult,
     RestoreCheckpointResult,
     RunScriptResult,
+    SandboxInfo,
     SaveCheckpointResult,
     SaveScriptResult,
     SessionInfo,
@@ -270,6 +271,14 @@ def _utf8(data: bytes, cut: bool) -> str | None:
     return None
 
 
+def _sandbox(report: dict[str, Any] | None) -> SandboxInfo | None:
+    if report is None:
+        return None
+    fields = {name: report[name] for name in SandboxInfo.model_fields if name in report}
+    return SandboxInfo(**{"filesystem": False, "signals": False, "network": "allowed",
+                          "note": "", **fields})  # fmt: skip
+
+
 def _limits(session: Session, config: Config) -> list[LimitInfo]:
     """What the worker reported in force, plus what the server enforces itself."""
     limits = config.limits
@@ -352,6 +361,8 @@ def create_server(config: Config) -> FastMCP:
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
         spawner.start_forkserver(config.preload_modules)
+        expected = sandbox.expected(config.sandbox, config.deny_network)
+        (log.info if expected["enforced"] else log.warning)("%s", sandbox.describe(expected))
         manager = SessionManager(config)
         state.started = time.monotonic()
         # FastMCP imports its state store (key_value, ~200 ms) on first use, i.e. during the
@@ -595,6 +606,7 @@ def create_server(config: Config) -> FastMCP:
             last_exit=s.last_exit,
             snapshot=_snapshot_info(s),
             limits=_limits(s, config),
+            sandbox=_sandbox(s.worker.sandbox if s.worker is not None else None),
             failed_reason=s.failed_reason,
             running=s.running.id if s.running else None,
         )
@@ -956,6 +968,17 @@ def create_server(config: Config) -> FastMCP:
     async def get_workspace_info() -> ToolResult:
         """Where the workspace is, what it holds, and the file tools' caps."""
         used, files, folders, cut = await asyncio.to_thread(workspace.usage)
+        # What the current session's worker really has in force; before one has said,
+        # what this kernel and the settings give (and the note says so).
+        worker = state.sessions().get().worker
+        report = worker.sandbox if worker is not None and worker.sandbox else None
+        if report is None:
+            report = sandbox.expected(config.sandbox, config.deny_network)
+            report["note"] = "; ".join(
+                filter(None, [report["note"], "expected: no worker has reported yet"])
+            )
+        confined = _sandbox(report)
+        assert confined is not None
         model = WorkspaceInfoResult(
             root=str(config.workspace),
             used_bytes=used,
@@ -967,8 +990,10 @@ def create_server(config: Config) -> FastMCP:
                 "write_max_bytes": limits.write_max_bytes,
                 "list_max_entries": limits.list_max_entries,
             },
+            sandbox=confined,
         )
         text = f"{config.workspace}: {files:,} files, {folders:,} folders, {used:,} bytes"
+        text += "\n" + sandbox.describe(report)
         return _result(model, text)
 
     # -- scripts -----------------------------------------------------------------------

@@ -26,7 +26,6 @@ import enum
 import functools
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -128,12 +127,20 @@ class Session:
         *,
         dormant: bool = False,
         created_at: float | None = None,
+        folder_fd: int | None = None,
     ):
         self.id = session_id
         self.description = description
         self.config = config
         self.pool = pool
-        self.folder = snapfiles.session_dir(config.snapshots, session_id)
+        #: A fork's folder lies inside its source's, where the source's code could swap a
+        #: folder for a symlink: held open, and reached through the fd (interp.snapfiles).
+        self._folder_fd = folder_fd
+        self.folder = (
+            snapfiles.session_dir(config.snapshots, session_id)
+            if folder_fd is None
+            else snapfiles.fd_folder(folder_fd)
+        )
         self.state = SessionState.DORMANT if dormant else SessionState.STARTING
         self.worker: WorkerProcess | None = None
         self.created_at = created_at or time.time()
@@ -257,6 +264,8 @@ class Session:
             ) from None
         if "failure" in reply:
             raise SessionUnavailable(f"session {self.id!r}: attach failed: {reply['failure']}")
+        if isinstance(reply.get("sandbox"), dict):
+            worker.sandbox = reply["sandbox"]
         return reply
 
     # -- snapshots ---------------------------------------------------------------------
@@ -413,9 +422,20 @@ class Session:
                 snapfiles.collect_garbage(self.folder, self.config.limits.snapshot_keep)
         return True
 
+    def use_fork_folder(self, source: Session) -> None:
+        """Make this new session's folder inside `source`'s (see interp.snapfiles)."""
+        fd = snapfiles.make_fork_folder(self.config.snapshots, source.folder, self.id)
+        self._folder_fd = fd
+        self.folder = snapfiles.fd_folder(fd)
+
     def discard_files(self) -> None:
         """Remove every snapshot and checkpoint of the session (it is being deleted)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        root = self.config.snapshots
+        snapfiles.remove_session_folder(root, self.id, self.folder)
+        if self._folder_fd is not None:
+            os.close(self._folder_fd)
+            self._folder_fd = None
+            self.folder = snapfiles.session_dir(root, self.id)
 
     def drop_auto_snapshots(self) -> None:
         """Forget automatic snapshots (a restart that clears state); checkpoints stay."""
@@ -511,7 +531,8 @@ class Session:
         """Where and how a worker of this session writes its snapshots."""
         limits = self.config.limits
         return {
-            "folder": str(self.folder),
+            # The real path: the worker cannot use the server's fds.
+            "folder": os.path.realpath(self.folder),
             "keep_auto": limits.snapshot_keep,
             "max_bytes": limits.snapshot_max_bytes,
             "var_seconds": limits.snapshot_var_seconds,

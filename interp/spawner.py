@@ -178,6 +178,8 @@ class WorkerProcess:
         self._sweep: asyncio.Task[int] | None = None  # the sweep after this worker's exit
         #: The limits the worker reported in force (interp.rlimits), from its ready frame.
         self.limits: list[dict[str, Any]] = []
+        #: The confinement the worker reported in force (interp.sandbox), once attached.
+        self.sandbox: dict[str, Any] | None = None
         #: Called with each "snap" frame: the snapshot writer started or finished.
         self.on_snapshot: Callable[[dict[str, Any]], None] | None = None
 
@@ -217,6 +219,7 @@ class WorkerProcess:
             "max_images": limits.max_images,
             "max_image_bytes": limits.max_image_bytes,
             "limits": limits.worker_limits(),
+            "sandbox": self.config.sandbox_policy(),
         }
         process = WorkerProcessHandle(
             target=worker_main, args=(child, opts), name=f"interp-{self.token}"
@@ -271,11 +274,12 @@ class WorkerProcess:
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair()
         pipes = self._capture_pipes()
-        fds = [theirs.fileno(), *pipes["stdout"], *pipes["stderr"]]
+        # Opened here and passed open: the fork is confined to its source's folders.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        fault = os.open(self.fault_path, flags, 0o600)
+        fds = [theirs.fileno(), *pipes["stdout"], *pipes["stderr"], fault]
         try:
-            _, fut = await source.send(
-                protocol.OP_FORK, token=self.token, fault_path=str(self.fault_path), **fields
-            )
+            _, fut = await source.send(protocol.OP_FORK, token=self.token, **fields)
             await source.send_fds(fds)
         except BaseException:
             ours.close()
@@ -283,6 +287,7 @@ class WorkerProcess:
             raise
         finally:
             theirs.close()
+            os.close(fault)
             for r, w in pipes.values():
                 os.close(r)
                 os.close(w)
@@ -409,6 +414,8 @@ class WorkerProcess:
         elif op == protocol.OP_READY:
             if isinstance(message.get("limits"), list):
                 self.limits = message["limits"]
+            if isinstance(message.get("sandbox"), dict):
+                self.sandbox = message["sandbox"]
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(message)
         else:

@@ -13,7 +13,10 @@ Start-up order matters (DESIGN §1; each step was a real failure once):
 5. chdir into the workspace, then report ready.
 
 The server binds a worker to its session with an ``attach`` request (where its snapshots go,
-and which one to restore); from then on the worker snapshots its namespace in a forked writer
+and which one to restore). Attaching confines the worker first (`interp.sandbox`, Landlock:
+the workspace and the session's own folder, no signals out), before the capture thread starts
+(Landlock confines the calling thread and what it starts later) and before a snapshot is
+restored (unpickling runs code); from then on the worker snapshots its namespace in a forked writer
 child after each cell that may have changed it (`interp.snapshot`). ``fork`` forks the whole
 worker into a new session: the server passes the new channel and capture pipes over the
 channel (SCM_RIGHTS), and the child takes them as its own, in its own process group.
@@ -39,9 +42,10 @@ import socket
 import threading
 import time
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
-from interp import protocol, reaper, rlimits
+from interp import protocol, reaper, rlimits, sandbox
 from interp.capture import OutputCapture
 
 #: The shell pre-built by `interp.preload` in the forkserver; every fork inherits it.
@@ -111,6 +115,7 @@ def worker_main(conn: Connection, opts: dict[str, Any]) -> None:
         channel.send_tail,
         spool_root=opts["workspace"],
         spool_max=int(opts.get("output_file_chars") or 0),
+        start=False,  # at attach, once confined
     )
     _enable_faulthandler(opts["fault_path"])
     limits = opts["limits_report"] = rlimits.apply(opts["limits"])
@@ -171,6 +176,8 @@ class _Worker:
         from interp.snapshot import Snapshotter
 
         self.snap = Snapshotter(shell, self._report_snapshot)
+        #: What `interp.sandbox` put in force, once attached.
+        self.sandbox: dict[str, Any] | None = None
 
     def _report_snapshot(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -249,22 +256,33 @@ class _Worker:
             return self._fork(request)
         return {"failure": f"unknown op {op!r}"}
 
+    def _confine(self, folder: str | None) -> dict[str, Any]:
+        """Confine this worker to the workspace and the session's folder (once)."""
+        if self.sandbox is None:
+            private = os.path.realpath(folder) if folder else None
+            policy = {**self.opts["sandbox"], "workspace": self.opts["workspace"]}
+            policy["private"] = [private] if private else []
+            self.sandbox = sandbox.apply(policy)  # OSError in mode "landlock": no user code
+            if self.sandbox["enforced"] and private:
+                sandbox.use_private_environment(Path(private))
+        return self.sandbox
+
     def _attach(self, request: dict[str, Any]) -> dict[str, Any]:
         """Bind to a session's snapshot folder; restore a snapshot first if asked."""
         self.snap.finish()
         report: dict[str, Any] = {}
         folder = request.get("folder")
+        confined = self._confine(folder)
+        self.capture.start()
         which = request.get("restore")
         if folder and which:
-            from pathlib import Path
-
             from interp.snapshot import restore
 
             report = restore(self.shell, Path(folder), str(which))
         self._configure_snapshots(request)
         # A checkpoint restored is the new state: snapshot it, so a crash comes back to it.
         self.snap.dirty = bool(report.get("found")) and which != "auto"
-        return {"restore": report}
+        return {"restore": report, "sandbox": confined}
 
     def _configure_snapshots(self, request: dict[str, Any]) -> None:
         """Apply the session's snapshot options (Session.snapshot_options)."""
@@ -277,7 +295,7 @@ class _Worker:
 
     def _fork(self, request: dict[str, Any]) -> dict[str, Any]:
         """Fork this worker into a new session (see the module docstring)."""
-        fds = _receive_fds(self.conn, 5)
+        fds = _receive_fds(self.conn, 6)
         pid = os.fork()
         if pid == 0:
             try:
@@ -295,12 +313,17 @@ class _Worker:
         os.setsid()  # its own group: deleting the source must not take the fork with it
         reaper.become_subreaper()  # not inherited across fork
         _forked = set()
-        chan, out_r, out_w, err_r, err_w = fds
+        chan, out_r, out_w, err_r, err_w, fault = fds
         self.snap.reset_after_fork()
         self.capture.detach()
         self.conn.close()
         self.conn = Connection(chan)
         self.channel = _Channel(self.conn)
+        faulthandler.enable(file=open(fault, "w"), all_threads=True)  # noqa: SIM115 - for life
+        # Still single-threaded here: a nested domain for the fork's own folder (which lies
+        # inside the source's, the only place the source's domain lets it write).
+        self.sandbox = None
+        sandbox_report = self._confine(request.get("folder"))
         pipes = {"stdout": (out_r, out_w), "stderr": (err_r, err_w)}
         limit = int(self.opts["output_chars"])
         self.capture = OutputCapture(
@@ -311,11 +334,10 @@ class _Worker:
             spool_root=self.opts["workspace"],
             spool_max=int(self.opts.get("output_file_chars") or 0),
         )
-        _enable_faulthandler(request["fault_path"])
         self._configure_snapshots(request)
         limits = self.opts.get("limits_report")  # inherited across the fork
         ready = {"op": protocol.OP_READY, "id": request["token"], "pid": os.getpid()}
-        self.channel.send({**ready, "limits": limits})
+        self.channel.send({**ready, "limits": limits, "sandbox": sandbox_report})
         self.snap.dirty = True
         self.snap.start()  # the fork's own first snapshot, so it survives a crash too
         self.serve()
