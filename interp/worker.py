@@ -150,6 +150,12 @@ def _forget_forkserver() -> None:
     server._forkserver_alive_fd = None
     server._forkserver_address = None
     server._forkserver_pid = None
+    # The child inherited the server's start method ("forkserver"), which would re-import
+    # IPython's __main__ (it has no __spec__: Pool() failed). Linux's own default, as in
+    # Jupyter: user code's multiprocessing forks the worker.
+    import multiprocessing
+
+    multiprocessing.set_start_method("fork", force=True)
 
 
 def _enable_faulthandler(path: str) -> None:
