@@ -80,5 +80,6 @@ if os.environ.get("_INTERP_FORKSERVER") == "1":
         # Workers then build their own shell: slower, but sessions still work.
         sys.stderr.write("interp: forkserver could not pre-build the shell:\n")
         traceback.print_exc()
+    sandbox.prepare([])  # the read-only rules every worker confines itself with
     gc.collect()
     gc.freeze()

@@ -714,9 +714,13 @@ class Snapshotter:
         """Fork the writer if there is something to write and none is running."""
         if self.folder is None or self._child is not None:
             return False
-        if kind == "auto" and not self.dirty:
-            return False
-        self.dirty = False
+        if kind == "auto":
+            if not self.dirty:
+                return False
+            # Only an automatic snapshot writes what a restore after a crash reads: a
+            # checkpoint leaves the state dirty (cleared by one, a crash restored the state
+            # before the last cells when a checkpoint had taken a delayed write's place).
+            self.dirty = False
         self._kind = kind
         for value in self.shell.user_ns.values():  # the writer inherits the answers
             live_reason(type(value))
