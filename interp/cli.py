@@ -11,11 +11,14 @@ import argparse
 import ipaddress
 import logging
 import os
+import re
+import secrets
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from interp.config import Config, Limits
+from interp.config import TOKEN_ENV, TOKEN_PATTERN, Config, Limits
 
 log = logging.getLogger("interp.cli")
 
@@ -28,7 +31,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout (default)")
     mode.add_argument("--port", type=int, help="serve streamable HTTP on this port, path /mcp")
-    p.add_argument("--host", default=defaults.host, help="HTTP bind address (loopback only)")
+    p.add_argument(
+        "--host",
+        default=defaults.host,
+        help="HTTP bind address (default %(default)s); anything but loopback requires a "
+        "bearer token: --token, INTERP_TOKEN, or one generated and shown once on stderr",
+    )
+    http = p.add_argument_group("HTTP")
+    http.add_argument(
+        "--token",
+        help="bearer token every HTTP request must carry (Authorization: Bearer TOKEN); "
+        "optional on loopback. A command-line token is visible in the process list: prefer "
+        f"the {TOKEN_ENV} environment variable",
+    )
     p.add_argument("--workspace", type=Path, default=defaults.workspace, help="working folder")
     p.add_argument("--snapshots", type=Path, default=defaults.snapshots, help="state folder")
     p.add_argument("--log-level", default=defaults.log_level, help="DEBUG, INFO, WARNING, ERROR")
@@ -91,24 +106,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> Config:
+def given_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The token the user chose: --token, else INTERP_TOKEN (empty counts as none)."""
+    return args.token or environ.get(TOKEN_ENV) or None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _http_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The token, checked (the message never quotes it), or generated if required."""
+    token = given_token(args, environ)
+    if token is not None and not re.fullmatch(TOKEN_PATTERN, token):
+        raise SystemExit(
+            f"interp: the token (--token or {TOKEN_ENV}) must be printable ASCII without spaces"
+        )
+    if token is None and args.port is not None and not _is_loopback(args.host):
+        # Sessions execute arbitrary code: off loopback, never serve without a token.
+        token = secrets.token_urlsafe(32)
+    return token
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Config:
     if args.port is not None and not 0 < args.port < 65536:
         raise SystemExit("interp: --port must be 1-65535")
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback:
-        # Sessions execute arbitrary code; without token auth (planned) only loopback is safe.
-        raise SystemExit(
-            f"interp: refusing to bind {args.host!r}: only loopback addresses are allowed"
-        )
     return Config(
         workspace=args.workspace.resolve(),
         snapshots=args.snapshots.resolve(),
         transport="http" if args.port is not None else "stdio",
         host=args.host,
         port=args.port or 8000,
+        token=_http_token(args, environ),
         log_level=args.log_level,
         log_file=args.log_file.resolve() if args.log_file else None,
         spare_workers=max(0, args.spare_workers),
@@ -138,7 +170,16 @@ def _unwind(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = build_config(parse_args(argv))
+    args = parse_args(argv)
+    config = build_config(args)
+    if config.token is not None:
+        generated = given_token(args, os.environ) is None  # HTTP off loopback, none chosen
+        # The forkserver (started below) is exec'd with our environment and every worker
+        # forks from it: session code would find the token in os.environ and in
+        # /proc/self/environ.
+        os.environ.pop(TOKEN_ENV, None)
+        if generated:
+            _announce_token(config.token)
     config.workspace.mkdir(parents=True, exist_ok=True)
     config.snapshots.mkdir(parents=True, exist_ok=True)
 
@@ -171,9 +212,34 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)
 
 
+def _announce_token(token: str) -> None:
+    """Show a generated token once, on stderr itself: through logging it could land in a log
+    file. The token is on its own line (easy to copy) and nowhere else."""
+    sys.stderr.write(
+        f"interp: no token given for a non-loopback bind; generated one (set {TOKEN_ENV} "
+        f"to choose your own):\n{token}\n"
+        "interp: clients must send the header 'Authorization: Bearer <token>'\n"
+    )
+    sys.stderr.flush()
+
+
 def _serve_http(mcp: object, config: Config) -> None:
     import uvicorn
 
     app = mcp.http_app(path="/mcp")  # type: ignore[attr-defined]
-    log.info("serving MCP over HTTP at http://%s:%d/mcp", config.host, config.port)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", lifespan="on")
+    log.info(
+        "serving MCP over HTTP at http://%s:%d/mcp (bearer token %s)",
+        config.host,
+        config.port,
+        "required" if config.token else "not required",
+    )
+    # access_log=False: no request lines in any log (log_level="warning" hides them too,
+    # but that is a side effect someone could undo by changing the level).
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
