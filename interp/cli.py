@@ -8,6 +8,7 @@ written to them. Nothing here prints to stdout: under stdio it is the protocol.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import ipaddress
 import logging
 import os
@@ -174,10 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(args)
     if config.token is not None:
         generated = given_token(args, os.environ) is None  # HTTP off loopback, none chosen
-        # The forkserver (started below) is exec'd with our environment and every worker
-        # forks from it: session code would find the token in os.environ and in
-        # /proc/self/environ.
-        os.environ.pop(TOKEN_ENV, None)
+        # Now: the forkserver started below inherits our environment and sys.argv.
+        _forget_token(config.token)
         if generated:
             _announce_token(config.token)
     config.workspace.mkdir(parents=True, exist_ok=True)
@@ -210,6 +209,46 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
     # A thread blocked reading stdin would keep the process alive; everything is shut down.
     os._exit(0)
+
+
+def _forget_token(token: str) -> None:
+    """Leave the token nowhere session code could read it, before the forkserver starts.
+
+    - ``INTERP_TOKEN``: the forkserver is exec'd with our environment and every worker forks
+      from it, so it must leave ``os.environ``. That alone is not enough: unsetenv drops the
+      variable from libc's list, but ``/proc/<server pid>/environ`` shows the block the
+      kernel gave us at exec, which a session running as the same user can read. So the
+      value's bytes in that block are zeroed first.
+    - ``--token``: multiprocessing sends ``sys.argv`` to every worker, so it is masked there.
+      ``/proc/<server pid>/cmdline`` still shows it to every local user (the help says so).
+    """
+    _zero_environ_value(TOKEN_ENV)
+    os.environ.pop(TOKEN_ENV, None)
+    sys.argv = [_mask(arg, token) for arg in sys.argv]
+
+
+def _mask(arg: str, token: str) -> str:
+    """``TOKEN`` or ``--token=TOKEN`` (or an abbreviation argparse accepted) without it."""
+    if arg == token:
+        return "<token>"
+    if arg.startswith("--") and arg.endswith(f"={token}"):
+        return arg[: -len(token)] + "<token>"
+    return arg
+
+
+def _zero_environ_value(name: str) -> None:
+    """Overwrite with NULs the value of ``name`` in libc's environment strings, in place."""
+    prefix = name.encode() + b"="
+    try:
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+    except (OSError, ValueError):  # no libc symbol (not glibc/musl): nothing to reach
+        return
+    i = 0
+    while (address := environ[i]) is not None:
+        entry = ctypes.string_at(address)
+        if entry.startswith(prefix):
+            ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
+        i += 1
 
 
 def _announce_token(token: str) -> None:

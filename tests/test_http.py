@@ -18,7 +18,7 @@ import psutil
 import pytest
 from fastmcp import Client
 
-from interp.cli import build_config, parse_args
+from interp.cli import _mask, build_config, parse_args
 from interp.config import Config
 from interp.httpauth import BearerToken
 from tests.conftest import (
@@ -44,12 +44,18 @@ INITIALIZE = {
 }
 MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
-#: Run in a session: where a worker would find the token it inherited. The token itself
-#: never travels to the server.
+#: Run in a session: every place the token could hide from a worker's point of view. The
+#: server's pid is formatted in; the token itself never travels to the server.
 PEEK = """
-import os
-{'env': os.environ.get('INTERP_TOKEN'), 'worker': open('/proc/self/environ', 'rb').read(),
- 'forkserver': open(f'/proc/{os.getppid()}/environ', 'rb').read()}
+import os, sys
+def environ(pid):
+    try:
+        with open(f'/proc/{{pid}}/environ', 'rb') as f:
+            return f.read()
+    except OSError as e:
+        return repr(e).encode()
+{{'env': os.environ.get('INTERP_TOKEN'), 'argv': sys.argv, 'worker': environ('self'),
+  'forkserver': environ(os.getppid()), 'server': environ({server_pid})}}
 """
 
 
@@ -70,11 +76,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-async def assert_token_unreadable(c: Client, token: str) -> None:
-    """Session code finds the token neither in its environment nor the forkserver's."""
-    seen = (await run(c, PEEK))["result"]
+async def assert_token_unreadable(
+    c: Client, server_pid: int | str, token: str, *, from_env: bool
+) -> None:
+    """Session code finds the token in no environment (its own, the forkserver's, the
+    server's) nor in sys.argv. ``server_pid``: the pid, or Python code that finds it."""
+    seen = (await run(c, PEEK.format(server_pid=server_pid)))["result"]
     assert "'env': None" in seen
     assert token not in seen
+    if from_env:  # the check really read the server's environment: the value is zeroed
+        assert "INTERP_TOKEN=\\x00" in seen
 
 
 async def test_http_sessions_and_clean_sigterm(tmp_path: Path) -> None:
@@ -129,7 +140,7 @@ async def test_token_from_env_guards_every_request(tmp_path: Path) -> None:
         assert (await initialize(port, Authorization=f"Bearer {token}")).status_code == 200
         async with Client(f"http://127.0.0.1:{port}/mcp", auth=token, timeout=60) as c:
             assert (await run(c, "sum(range(10))"))["result"] == "45"
-            await assert_token_unreadable(c, token)
+            await assert_token_unreadable(c, proc.pid, token, from_env=True)
     finally:
         stop(proc)
     logged = log_file.read_text()
@@ -155,7 +166,7 @@ async def test_non_loopback_bind_generates_a_token(tmp_path: Path) -> None:
         assert (await initialize(port, Authorization="Bearer nope")).status_code == 401
         async with Client(f"http://127.0.0.1:{port}/mcp", auth=token, timeout=60) as c:
             assert (await run(c, "'ok'"))["result"] == "'ok'"
-            await assert_token_unreadable(c, token)
+            await assert_token_unreadable(c, proc.pid, token, from_env=False)
     finally:
         stop(proc)
     assert (tmp_path / "server.log").read_text().count(token) == 1
@@ -164,12 +175,16 @@ async def test_non_loopback_bind_generates_a_token(tmp_path: Path) -> None:
 
 
 async def test_stdio_ignores_and_hides_the_token(tmp_path: Path) -> None:
-    """stdio has no auth (nothing to send a header with); INTERP_TOKEN is removed all the same."""
-    token = secrets.token_urlsafe(32)
-    transport = stdio_transport(tmp_path)
-    transport.env = {**os.environ, "INTERP_TOKEN": token}
+    """stdio has no auth (nothing to send a header with); a token given anyway is scrubbed
+    all the same, from the environment and from the sys.argv workers inherit."""
+    from_env, from_cli = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    transport = stdio_transport(tmp_path, "--token", from_cli)
+    transport.env = {**os.environ, "INTERP_TOKEN": from_env}
     async with Client(transport, timeout=60) as c:
-        await assert_token_unreadable(c, token)
+        # The server is the forkserver's parent (field 4 of /proc/<pid>/stat).
+        server = "open(f'/proc/{os.getppid()}/stat').read().rsplit(')', 1)[1].split()[1]"
+        await assert_token_unreadable(c, server, from_env, from_env=True)
+        await assert_token_unreadable(c, server, from_cli, from_env=False)
 
 
 def _config(*argv: str, environ: dict[str, str] | None = None) -> Config:
@@ -188,6 +203,9 @@ def test_token_settings() -> None:
     with pytest.raises(SystemExit) as bad:
         _config("--port", "1", "--token", "has space-secret")
     assert "secret" not in str(bad.value)
+    # What workers get as sys.argv (the token in any spelling argparse accepts).
+    masked = [_mask(a, "tk") for a in ["--token", "tk", "--tok=tk", "--workspace", "tkx"]]
+    assert masked == ["--token", "<token>", "--tok=<token>", "--workspace", "tkx"]
 
 
 async def test_bearer_token_verifier() -> None:
