@@ -45,6 +45,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "optional on loopback. A command-line token is visible in the process list: prefer "
         f"the {TOKEN_ENV} environment variable",
     )
+    http.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also accept this Host header, e.g. a machine name when binding 0.0.0.0 "
+        "(repeatable; wildcards like *.example.com). Loopback names and the address a "
+        "request arrives on are always accepted; other hosts get 421",
+    )
+    http.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept this browser Origin, e.g. https://app.example.com (repeatable). "
+        "Requests without Origin (non-browser clients) are not affected; others get 403",
+    )
     p.add_argument("--workspace", type=Path, default=defaults.workspace, help="working folder")
     p.add_argument("--snapshots", type=Path, default=defaults.snapshots, help="state folder")
     p.add_argument("--log-level", default=defaults.log_level, help="DEBUG, INFO, WARNING, ERROR")
@@ -119,8 +136,10 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _http_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
-    """The token, checked (the message never quotes it), or generated if required."""
+def _http_settings(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """Token, extra allowed hosts and origins, checked. Messages never quote the token."""
     token = given_token(args, environ)
     if token is not None and not re.fullmatch(TOKEN_PATTERN, token):
         raise SystemExit(
@@ -129,19 +148,31 @@ def _http_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | N
     if token is None and args.port is not None and not _is_loopback(args.host):
         # Sessions execute arbitrary code: off loopback, never serve without a token.
         token = secrets.token_urlsafe(32)
-    return token
+    hosts = tuple(h.strip() for h in args.allow_host if h.strip())
+    for host in hosts:
+        if "/" in host or " " in host:
+            raise SystemExit(f"interp: --allow-host wants a host name, got {host!r}")
+    origins = tuple(o.strip().rstrip("/") for o in args.allow_origin if o.strip())
+    for origin in origins:
+        # Browsers send scheme://host[:port]; anything else would silently never match.
+        if origin != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", origin):
+            raise SystemExit(f"interp: --allow-origin wants scheme://host[:port], got {origin!r}")
+    return token, hosts, origins
 
 
 def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Config:
     if args.port is not None and not 0 < args.port < 65536:
         raise SystemExit("interp: --port must be 1-65535")
+    token, allowed_hosts, allowed_origins = _http_settings(args, environ)
     return Config(
         workspace=args.workspace.resolve(),
         snapshots=args.snapshots.resolve(),
         transport="http" if args.port is not None else "stdio",
         host=args.host,
         port=args.port or 8000,
-        token=_http_token(args, environ),
+        token=token,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
         log_level=args.log_level,
         log_file=args.log_file.resolve() if args.log_file else None,
         spare_workers=max(0, args.spare_workers),
@@ -265,12 +296,22 @@ def _announce_token(token: str) -> None:
 def _serve_http(mcp: object, config: Config) -> None:
     import uvicorn
 
-    app = mcp.http_app(path="/mcp")  # type: ignore[attr-defined]
+    app = mcp.http_app(  # type: ignore[attr-defined]
+        path="/mcp",
+        # DNS rebinding guard (FastMCP's HostOriginGuardMiddleware), on for every request
+        # whatever the bind address: a foreign Host gets 421, a foreign Origin 403.
+        host_origin_protection=True,
+        allowed_hosts=list(config.allowed_hosts),
+        allowed_origins=list(config.allowed_origins),
+    )
     log.info(
-        "serving MCP over HTTP at http://%s:%d/mcp (bearer token %s)",
+        "serving MCP over HTTP at http://%s:%d/mcp (bearer token %s; extra hosts: %s; "
+        "extra origins: %s)",
         config.host,
         config.port,
         "required" if config.token else "not required",
+        ", ".join(config.allowed_hosts) or "none",
+        ", ".join(config.allowed_origins) or "none",
     )
     # access_log=False: no request lines in any log (log_level="warning" hides them too,
     # but that is a side effect someone could undo by changing the level).

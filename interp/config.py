@@ -148,6 +148,14 @@ class Config:
     #: None means no check, which the CLI allows on loopback only. Left out of repr so a
     #: logged or printed Config never shows it.
     token: str | None = field(default=None, repr=False)
+    #: HTTP only: Host headers accepted besides the loopback names (127.0.0.1, localhost,
+    #: ::1) and the address a request arrived on; wildcards like ``*.example.com`` work.
+    #: Anything else gets 421 (DNS rebinding guard).
+    allowed_hosts: tuple[str, ...] = ()
+    #: HTTP only: browser Origin headers accepted besides the server's own origin (and any
+    #: loopback origin when the Host is loopback); anything else gets 403. Clients that are
+    #: not browsers send no Origin.
+    allowed_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
     #: Optional log file; logs otherwise go to stderr (never stdout: it is the protocol).
     log_file: Path | None = None

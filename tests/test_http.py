@@ -6,6 +6,7 @@ rebinding, and the token never in a log, an error, or anywhere session code can 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -120,6 +121,62 @@ async def test_http_sessions_and_clean_sigterm(tmp_path: Path) -> None:
             proc.wait()
 
 
+async def test_host_and_origin_guard(tmp_path: Path) -> None:
+    """DNS rebinding: a foreign Host gets 421, a foreign Origin 403; clients without Origin
+    and with a loopback Host work, and so do the hosts and origins allowed by flags."""
+    port = free_port()
+    extra = ("--allow-host", "mcp.example", "--allow-origin", "https://app.example")
+    proc = start_http_server(tmp_path, port, *extra)
+    try:
+        cases: list[tuple[dict[str, str], int]] = [
+            ({}, 200),
+            ({"Host": f"localhost:{port}"}, 200),
+            ({"Host": f"127.0.0.1:{port}"}, 200),
+            ({"Host": f"[::1]:{port}"}, 200),
+            ({"Host": "evil.example"}, 421),
+            ({"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}, 421),
+            ({"Host": f"127.0.0.2:{port}"}, 421),  # loopback, but not a name we answer to
+            ({"Origin": f"http://127.0.0.1:{port}"}, 200),  # our own origin
+            # Loopback to loopback passes FastMCP's guard: not DNS rebinding, and a page
+            # there cannot make a request the server acts on (checked below).
+            ({"Origin": "http://localhost:3000"}, 200),
+            ({"Origin": "http://evil.example"}, 403),
+            ({"Origin": "null"}, 403),  # sandboxed iframes, file:// pages
+            ({"Host": f"mcp.example:{port}"}, 200),  # --allow-host
+            ({"Origin": "https://app.example"}, 200),  # --allow-origin
+            ({"Origin": "https://other.example"}, 403),
+        ]
+        got = [((await initialize(port, **headers)).status_code) for headers, _ in cases]
+        assert got == [status for _, status in cases], list(zip(cases, got, strict=True))
+        # A browser sends a JSON POST across origins only after a CORS preflight, which gets
+        # no Access-Control-* headers; the POST it sends without one (a text or form body)
+        # is refused before any tool runs.
+        local_page = {"Origin": "http://localhost:3000"}
+        async with httpx2.AsyncClient(timeout=30) as http:
+            url = f"http://127.0.0.1:{port}/mcp"
+            preflight = await http.options(
+                url,
+                headers={
+                    **local_page,
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "content-type",
+                },
+            )
+            assert preflight.status_code == 405
+            assert not [h for h in preflight.headers if h.lower().startswith("access-control")]
+            simple = await http.post(
+                url,
+                content=json.dumps(INITIALIZE),
+                headers={**MCP_HEADERS, **local_page, "Content-Type": "text/plain"},
+            )
+            assert simple.status_code == 400
+        # The refusals cost nothing: the server still serves a full MCP call.
+        async with Client(f"http://127.0.0.1:{port}/mcp", timeout=60) as c:
+            assert (await run(c, "6 * 7"))["result"] == "42"
+    finally:
+        stop(proc)
+
+
 async def test_token_from_env_guards_every_request(tmp_path: Path) -> None:
     token = secrets.token_urlsafe(32)
     port = free_port()
@@ -137,6 +194,8 @@ async def test_token_from_env_guards_every_request(tmp_path: Path) -> None:
             assert refused.status_code == 401, wrong
             assert refused.headers["www-authenticate"].startswith("Bearer")
             assert token not in refused.text
+        # A foreign Origin is refused before the token is even looked at.
+        assert (await initialize(port, Origin="http://evil.example")).status_code == 403
         assert (await initialize(port, Authorization=f"Bearer {token}")).status_code == 200
         async with Client(f"http://127.0.0.1:{port}/mcp", auth=token, timeout=60) as c:
             assert (await run(c, "sum(range(10))"))["result"] == "45"
@@ -203,6 +262,14 @@ def test_token_settings() -> None:
     with pytest.raises(SystemExit) as bad:
         _config("--port", "1", "--token", "has space-secret")
     assert "secret" not in str(bad.value)
+    extra = ("--allow-host", "a.example", "--allow-origin", "https://b.example/")
+    config = _config("--port", "1", *extra)
+    assert config.allowed_hosts == ("a.example",)
+    assert config.allowed_origins == ("https://b.example",)
+    with pytest.raises(SystemExit, match="scheme://host"):
+        _config("--port", "1", "--allow-origin", "b.example")
+    with pytest.raises(SystemExit, match="host name"):
+        _config("--port", "1", "--allow-host", "http://a.example")
     # What workers get as sys.argv (the token in any spelling argparse accepts).
     masked = [_mask(a, "tk") for a in ["--token", "tk", "--tok=tk", "--workspace", "tkx"]]
     assert masked == ["--token", "<token>", "--tok=<token>", "--workspace", "tkx"]
