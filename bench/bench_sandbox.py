@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Report, arg_parser, git_state, grid, progress, scratch  # noqa: E402
+from bench.common import Report, arg_parser, git_state, grid, progress, scratch
 
 
 async def run(args: object, tmp: Path, report: Report) -> None:
@@ -35,7 +35,7 @@ async def run(args: object, tmp: Path, report: Report) -> None:
         config = Config(workspace=tmp / "ws", snapshots=tmp / f"snap-{mode}", sandbox=mode)
         managers[mode] = SessionManager(config)
         await asyncio.wait_for(managers[mode].start(), 60)
-    n = int(getattr(args, "n"))
+    n = int(args.n)  # type: ignore[attr-defined]
     try:
         for i in range(n + 5):  # the first 5 warm up
             for mode, manager in managers.items():
@@ -110,10 +110,10 @@ def main() -> int:
     ):
         on, off = Stat.of(report.samples[f"{key}.landlock"]), Stat.of(report.samples[f"{key}.off"])
         body.append([label, f"{on.p50:.2f} ms", f"{on.p99:.2f} ms", f"{off.p50:.2f} ms",
-                     f"{off.p99:.2f} ms", f"{on.p50 / off.p50:.2f}×"])  # fmt: skip
+                     f"{off.p99:.2f} ms", f"{on.p50 / off.p50:.2f}x"])  # fmt: skip
     ap = Stat.of(report.samples["apply"])
     body.append(["sandbox.apply in a fresh fork", f"{ap.p50:.2f} ms", f"{ap.p99:.2f} ms",
-                 "–", "–", "–"])  # fmt: skip
+                 "-", "-", "-"])  # fmt: skip
     head = ["metric", "confined p50", "p99", "--sandbox off p50", "p99", "ratio"]
     print(f"Landlock ABI {report.extra.get('abi')}, {args.n} rounds, load {os.getloadavg()[0]:.2f}")
     print("\n".join(grid(head, body)))

@@ -8,14 +8,18 @@ written to them. Nothing here prints to stdout: under stdio it is the protocol.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import ipaddress
 import logging
 import os
+import re
+import secrets
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from interp.config import Config, Limits
+from interp.config import TOKEN_ENV, TOKEN_PATTERN, Config, Limits
 from interp.sandbox import kernel_abi
 
 log = logging.getLogger("interp.cli")
@@ -29,7 +33,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout (default)")
     mode.add_argument("--port", type=int, help="serve streamable HTTP on this port, path /mcp")
-    p.add_argument("--host", default=defaults.host, help="HTTP bind address (loopback only)")
+    p.add_argument(
+        "--host",
+        default=defaults.host,
+        help="HTTP bind address (default %(default)s); anything but loopback requires a "
+        "bearer token: --token, INTERP_TOKEN, or one generated and shown once on stderr",
+    )
+    http = p.add_argument_group("HTTP")
+    http.add_argument(
+        "--token",
+        help="bearer token every HTTP request must carry (Authorization: Bearer TOKEN); "
+        "optional on loopback. A command-line token is visible in the process list: prefer "
+        f"the {TOKEN_ENV} environment variable",
+    )
+    http.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also accept this Host header, e.g. a machine name when binding 0.0.0.0 "
+        "(repeatable; wildcards like *.example.com). Loopback names and the address a "
+        "request arrives on are always accepted; other hosts get 421",
+    )
+    http.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept this browser Origin, e.g. https://app.example.com (repeatable). "
+        "Requests without Origin (non-browser clients) are not affected; others get 403",
+    )
     p.add_argument("--workspace", type=Path, default=defaults.workspace, help="working folder")
     p.add_argument("--snapshots", type=Path, default=defaults.snapshots, help="state folder")
     p.add_argument("--log-level", default=defaults.log_level, help="DEBUG, INFO, WARNING, ERROR")
@@ -107,24 +140,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> Config:
+def given_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The token the user chose: --token, else INTERP_TOKEN (empty counts as none)."""
+    return args.token or environ.get(TOKEN_ENV) or None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _http_settings(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """Token, extra allowed hosts and origins, checked. Messages never quote the token."""
+    token = given_token(args, environ)
+    if token is not None and not re.fullmatch(TOKEN_PATTERN, token):
+        raise SystemExit(
+            f"interp: the token (--token or {TOKEN_ENV}) must be printable ASCII without spaces"
+        )
+    if token is None and args.port is not None and not _is_loopback(args.host):
+        # Sessions execute arbitrary code: off loopback, never serve without a token.
+        token = secrets.token_urlsafe(32)
+    hosts = tuple(h.strip() for h in args.allow_host if h.strip())
+    for host in hosts:
+        if "/" in host or " " in host:
+            raise SystemExit(f"interp: --allow-host wants a host name, got {host!r}")
+    origins = tuple(o.strip().rstrip("/") for o in args.allow_origin if o.strip())
+    for origin in origins:
+        # Browsers send scheme://host[:port]; anything else would silently never match.
+        if origin != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", origin):
+            raise SystemExit(f"interp: --allow-origin wants scheme://host[:port], got {origin!r}")
+    return token, hosts, origins
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Config:
     if args.port is not None and not 0 < args.port < 65536:
         raise SystemExit("interp: --port must be 1-65535")
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback:
-        # Sessions execute arbitrary code; without token auth (planned) only loopback is safe.
-        raise SystemExit(
-            f"interp: refusing to bind {args.host!r}: only loopback addresses are allowed"
-        )
+    token, allowed_hosts, allowed_origins = _http_settings(args, environ)
     return Config(
         workspace=args.workspace.resolve(),
         snapshots=args.snapshots.resolve(),
         transport="http" if args.port is not None else "stdio",
         host=args.host,
         port=args.port or 8000,
+        token=token,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
         log_level=args.log_level,
         log_file=args.log_file.resolve() if args.log_file else None,
         spare_workers=max(0, args.spare_workers),
@@ -156,9 +220,16 @@ def _unwind(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = build_config(parse_args(argv))
+    args = parse_args(argv)
+    config = build_config(args)
     if config.sandbox == "landlock" and kernel_abi() < 1:
         raise SystemExit("interp: --sandbox landlock: this kernel has no Landlock (Linux 5.13+)")
+    if config.token is not None:
+        generated = given_token(args, os.environ) is None  # HTTP off loopback, none chosen
+        # Now: the forkserver started below inherits our environment and sys.argv.
+        _forget_token(config.token)
+        if generated:
+            _announce_token(config.token)
     config.workspace.mkdir(parents=True, exist_ok=True)
     config.snapshots.mkdir(parents=True, exist_ok=True)
 
@@ -191,9 +262,84 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)
 
 
+def _forget_token(token: str) -> None:
+    """Leave the token nowhere session code could read it, before the forkserver starts.
+
+    - ``INTERP_TOKEN``: the forkserver is exec'd with our environment and every worker forks
+      from it, so it must leave ``os.environ``. That alone is not enough: unsetenv drops the
+      variable from libc's list, but ``/proc/<server pid>/environ`` shows the block the
+      kernel gave us at exec, which a session running as the same user can read. So the
+      value's bytes in that block are zeroed first.
+    - ``--token``: multiprocessing sends ``sys.argv`` to every worker, so it is masked there.
+      ``/proc/<server pid>/cmdline`` still shows it to every local user (the help says so).
+    """
+    _zero_environ_value(TOKEN_ENV)
+    os.environ.pop(TOKEN_ENV, None)
+    sys.argv = [_mask(arg, token) for arg in sys.argv]
+
+
+def _mask(arg: str, token: str) -> str:
+    """``TOKEN`` or ``--token=TOKEN`` (or an abbreviation argparse accepted) without it."""
+    if arg == token:
+        return "<token>"
+    if arg.startswith("--") and arg.endswith(f"={token}"):
+        return arg[: -len(token)] + "<token>"
+    return arg
+
+
+def _zero_environ_value(name: str) -> None:
+    """Overwrite with NULs the value of ``name`` in libc's environment strings, in place."""
+    prefix = name.encode() + b"="
+    try:
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+    except (OSError, ValueError):  # no libc symbol (not glibc/musl): nothing to reach
+        return
+    i = 0
+    while (address := environ[i]) is not None:
+        entry = ctypes.string_at(address)
+        if entry.startswith(prefix):
+            ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
+        i += 1
+
+
+def _announce_token(token: str) -> None:
+    """Show a generated token once, on stderr itself: through logging it could land in a log
+    file. The token is on its own line (easy to copy) and nowhere else."""
+    sys.stderr.write(
+        f"interp: no token given for a non-loopback bind; generated one (set {TOKEN_ENV} "
+        f"to choose your own):\n{token}\n"
+        "interp: clients must send the header 'Authorization: Bearer <token>'\n"
+    )
+    sys.stderr.flush()
+
+
 def _serve_http(mcp: object, config: Config) -> None:
     import uvicorn
 
-    app = mcp.http_app(path="/mcp")  # type: ignore[attr-defined]
-    log.info("serving MCP over HTTP at http://%s:%d/mcp", config.host, config.port)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", lifespan="on")
+    app = mcp.http_app(  # type: ignore[attr-defined]
+        path="/mcp",
+        # DNS rebinding guard (FastMCP's HostOriginGuardMiddleware), on for every request
+        # whatever the bind address: a foreign Host gets 421, a foreign Origin 403.
+        host_origin_protection=True,
+        allowed_hosts=list(config.allowed_hosts),
+        allowed_origins=list(config.allowed_origins),
+    )
+    log.info(
+        "serving MCP over HTTP at http://%s:%d/mcp (bearer token %s; extra hosts: %s; "
+        "extra origins: %s)",
+        config.host,
+        config.port,
+        "required" if config.token else "not required",
+        ", ".join(config.allowed_hosts) or "none",
+        ", ".join(config.allowed_origins) or "none",
+    )
+    # access_log=False: no request lines in any log (log_level="warning" hides them too,
+    # but that is a side effect someone could undo by changing the level).
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )

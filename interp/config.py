@@ -28,6 +28,12 @@ def _default_memory() -> int:
 #: Session ids and checkpoint names are file-name-safe: they name snapshot folders and files.
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
+#: The environment variable the HTTP bearer token may come from (better than --token: a
+#: command line is visible to every user in the process list).
+TOKEN_ENV = "INTERP_TOKEN"
+#: A bearer token travels in an HTTP header: printable ASCII without spaces.
+TOKEN_PATTERN = r"[\x21-\x7e]+"
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -134,8 +140,22 @@ class Config:
     #: Folder for session snapshots and the server's runtime files (fault logs, status feed).
     snapshots: Path = REPO_ROOT / "snapshots"
     transport: Literal["stdio", "http"] = "stdio"
+    #: HTTP bind address. Loopback by default: sessions run arbitrary code, so anything
+    #: else is allowed only with a token (the CLI generates one if none is given).
     host: str = "127.0.0.1"
     port: int = 8000
+    #: HTTP only: the bearer token every request must carry (`Authorization: Bearer …`);
+    #: None means no check, which the CLI allows on loopback only. Left out of repr so a
+    #: logged or printed Config never shows it.
+    token: str | None = field(default=None, repr=False)
+    #: HTTP only: Host headers accepted besides the loopback names (127.0.0.1, localhost,
+    #: ::1) and the address a request arrived on; wildcards like ``*.example.com`` work.
+    #: Anything else gets 421 (DNS rebinding guard).
+    allowed_hosts: tuple[str, ...] = ()
+    #: HTTP only: browser Origin headers accepted besides the server's own origin (and any
+    #: loopback origin when the Host is loopback); anything else gets 403. Clients that are
+    #: not browsers send no Origin.
+    allowed_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
     #: Optional log file; logs otherwise go to stderr (never stdout: it is the protocol).
     log_file: Path | None = None

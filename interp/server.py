@@ -28,6 +28,7 @@ from interp import __version__, protocol, render, sandbox, scripts, spawner
 from interp.config import SESSION_ID_PATTERN, Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
 from interp.executions import Execution, ExecutionRegistry
+from interp.httpauth import BearerToken
 from interp.manager import SessionManager
 from interp.middleware import CallStats, ErrorBoundary
 from interp.models import (
@@ -383,6 +384,9 @@ def create_server(config: Config) -> FastMCP:
         lifespan=lifespan,
         middleware=[ErrorBoundary(state.stats)],
         mask_error_details=True,  # unexpected exceptions must not leak server internals
+        # Over HTTP with a token, every request to /mcp must carry it (401 otherwise).
+        # stdio has no requests to check: whoever can write to our stdin started us.
+        auth=BearerToken(config.token) if config.transport == "http" and config.token else None,
     )
 
     def tool(result: type[BaseModel], **kwargs: Any) -> Any:

@@ -141,14 +141,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_http_server(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+def start_http_server(
+    tmp_path: Path, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``main.py --port port *extra``, its stderr in tmp_path/server.log; returns once it
+    accepts connections on 127.0.0.1. ``env`` is added to this process's environment, minus
+    any INTERP_TOKEN of the developer's (a test sets its own)."""
+    base = {k: v for k, v in os.environ.items() if k != "INTERP_TOKEN"}
     with open(tmp_path / "server.log", "wb") as log:  # the child keeps its own copy of the fd
         proc = subprocess.Popen(
-            [sys.executable, *server_args(tmp_path, "--port", str(port))],
+            [sys.executable, *server_args(tmp_path, "--port", str(port), *extra)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     def listening() -> bool:
