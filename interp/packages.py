@@ -73,7 +73,9 @@ class Installer:
         if uv:
             cmd = [uv, "pip", "install", "--python", self.python]
         else:
-            cmd = [self.python, "-m", "pip", "install", "--disable-pip-version-check"]
+            # -I: pip runs unconfined, and `-m` would import from the cwd first (a session
+            # could plant a `pip/` there if the server was started in the workspace).
+            cmd = [self.python, "-I", "-m", "pip", "install", "--disable-pip-version-check"]
             cmd += ["--no-input", "--progress-bar", "off"]
         if self.find_links is not None:
             cmd += ["--find-links", str(self.find_links)]

@@ -97,7 +97,10 @@ wait_seconds) returns its output so far and, when done, its result; interrupt_ke
 it. Output is capped: the middle of very long output is cut with a marker. Images a cell
 displays come back as image content. The working directory is the workspace folder: the file
 tools (list_files, read_file, write_file, delete_file) work in it, each result lists the files
-a cell created, modified or deleted, and output too long to return is saved in outputs/."""
+a cell created, modified or deleted, and output too long to return is saved in outputs/.
+Code is usually sandboxed (get_workspace_info says): it can write only in the workspace and
+its own temp folder (TMPDIR, HOME), other paths raise PermissionError; install packages with
+install_dependencies, not pip in a cell."""
 
 SessionIdArg = Annotated[
     str | None,

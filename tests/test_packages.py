@@ -16,8 +16,9 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
+from interp import sandbox
 from interp.server import create_server
-from tests.conftest import make_config, run
+from tests.conftest import make_config, run, tool
 
 
 def build_wheel(folder: Path, name: str, value: int) -> Path:
@@ -80,6 +81,10 @@ async def test_local_wheel_installs_and_a_live_session_imports_it(
     assert data["requirements"] == [f"{name}==1.0"]
     after = await run(c, f"import {name}\n{name}.VALUE")  # same worker, no restart
     assert after["result"] == "42" and not after["restarted"]
+    # ... and that worker is confined (where the kernel has Landlock).
+    listing = await tool(c, "list_sessions")
+    me = next(s for s in listing["sessions"] if s["session_id"] == "default")
+    assert me["sandbox"]["enforced"] is (sandbox.kernel_abi() >= 1)
 
 
 @pytest.mark.parametrize(

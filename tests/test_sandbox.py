@@ -5,6 +5,7 @@ cell tries to kill is a separate process (the test's own survives a failure)."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import pwd
 import signal
@@ -36,6 +37,20 @@ async def attempt(c: Client, code: str, session_id: str = "default") -> str:
 
 def forkserver_of(session: dict[str, Any]) -> int:
     return psutil.Process(session["pid"]).ppid()
+
+
+def listening_paths(pid: int) -> list[str]:
+    """The paths of the unix sockets `pid` holds (from outside the sandbox: the cell is then
+    told exactly where its own server's forkserver listens)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    with open("/proc/net/unix") as table:
+        rows = [line.split() for line in table][1:]
+    return [row[7] for row in rows if len(row) >= 8 and row[6] in inodes]
 
 
 async def info(c: Client, session_id: str) -> dict[str, Any]:
@@ -83,6 +98,11 @@ async def test_a_session_cannot_reach_outside_or_harm_others(tmp_path: Path) -> 
         with pytest.raises(ToolError):
             await c.call_tool("read_file", {"path": "hard"})
 
+        # Nor the server's memory, nor its open files: under stdio its fd 1 is the protocol.
+        for what, how in (("mem", "rb"), ("fd/1", "wb"), ("fd/0", "rb")):
+            assert await attempt(c, f"open('/proc/{server}/{what}', {how!r})") == (
+                "PermissionError"
+            )
         # Signals: not to the server, the forkserver or another session; nor from a child.
         for pid in (server, forkserver, bird):
             kill = f"__import__('os').kill({pid}, {int(signal.SIGKILL)})"
@@ -108,7 +128,7 @@ async def test_a_session_cannot_reach_outside_or_harm_others(tmp_path: Path) -> 
 FORKSERVER_CLIENT = """
 import os, socket, select
 from multiprocessing import reduction
-paths = [l.split()[-1] for l in open('/proc/net/unix') if 'listener-' in l and 'pymp-' in l]
+paths = {paths!r}
 results = []
 for path in paths:
     r, w = os.pipe()
@@ -145,7 +165,10 @@ async def test_the_forkserver_serves_only_the_server(tmp_path: Path) -> None:
         b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR."
     )  # pickle protocol 0: os.system("touch ...")
     async with Client(stdio_transport(tmp_path), timeout=60) as c:
-        r = await run(c, FORKSERVER_CLIENT.format(payload=payload))
+        forkserver = forkserver_of(await info(c, "default"))
+        paths = listening_paths(forkserver)
+        assert paths, "the forkserver's socket was not found"
+        r = await run(c, FORKSERVER_CLIENT.format(payload=payload, paths=paths))
         assert r["status"] == "ok", r
         results = ast.literal_eval(r["result"])
         assert results and set(results) <= {"refused", "ConnectionResetError"}, results
