@@ -292,5 +292,16 @@ def use_private_environment(private: Path) -> None:
     """Point this process's temp and home folders into `private` (before confining it)."""
     import tempfile
 
-    os.environ.update(private_environment(private))
+    env = private_environment(private)
+    os.environ.update(env)
     tempfile.tempdir = None  # computed again from TMPDIR on next use
+    # Caches whose folder was computed from HOME when the forkserver imported them: jedi's
+    # (IPython's completion) otherwise fails to read ~/.cache/jedi and completes nothing.
+    # Private, so a session's first completion parses the stubs again (~1 s, once).
+    cache = Path(env["XDG_CACHE_HOME"])
+    jedi = sys.modules.get("jedi")
+    if jedi is not None:
+        jedi.settings.cache_directory = str(cache / "jedi")
+    parso_cache = sys.modules.get("parso.cache")
+    if parso_cache is not None:
+        parso_cache._default_cache_path = cache / "parso"  # type: ignore[attr-defined]
