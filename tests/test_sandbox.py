@@ -171,7 +171,9 @@ async def test_the_forkserver_serves_only_the_server(tmp_path: Path) -> None:
         r = await run(c, FORKSERVER_CLIENT.format(payload=payload, paths=paths))
         assert r["status"] == "ok", r
         results = ast.literal_eval(r["result"])
-        assert results and set(results) <= {"refused", "ConnectionResetError"}, results
+        # Dropped at once: the send may even find the connection gone already.
+        refused = {"refused", "ConnectionResetError", "BrokenPipeError"}
+        assert results and set(results) <= refused, results
         assert not marker.exists()
         await c.call_tool("create_session", {"session_id": "after"})
         assert (await run(c, "6 * 7", session_id="after"))["result"] == "42"
