@@ -71,6 +71,7 @@ async def run(args: object, tmp: Path, report: Report) -> None:
 def apply_in_fork(tmp: Path, n: int) -> list[float]:
     from interp import sandbox
 
+    sandbox.kernel_abi()  # as the forkserver does: libc found once, not in every worker
     sandbox.prepare([])
     (tmp / "ws").mkdir(exist_ok=True)
     (tmp / "own").mkdir(exist_ok=True)
