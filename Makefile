@@ -36,12 +36,14 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## bench: the core benchmark against jupyter_client + ipykernel, the snapshot benchmark, and
+## bench: the core benchmark against jupyter_client + ipykernel, the snapshot benchmark, the
+## sandbox A/B (Landlock against --sandbox off), and
 ## the soak (20 sessions x 500 mixed calls with faults over HTTP, ~2 min)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_snapshot.py
+	$(BIN)/python bench/bench_sandbox.py
 	$(BIN)/python bench/bench_soak.py
 
 clean:
