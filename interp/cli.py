@@ -315,9 +315,14 @@ def _announce_token(token: str) -> None:
 
 def _serve_http(mcp: object, config: Config) -> None:
     import uvicorn
+    from starlette.middleware import Middleware
+
+    from interp.peerguard import OwnDescendantsGuard
 
     app = mcp.http_app(  # type: ignore[attr-defined]
         path="/mcp",
+        # Sessions and scripts may not drive their own server (interp.peerguard).
+        middleware=[Middleware(OwnDescendantsGuard)],
         # DNS rebinding guard (FastMCP's HostOriginGuardMiddleware), on for every request
         # whatever the bind address: a foreign Host gets 421, a foreign Origin 403.
         host_origin_protection=True,

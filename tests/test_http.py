@@ -285,3 +285,42 @@ async def test_bearer_token_verifier() -> None:
     with pytest.raises(ValueError) as bad:
         BearerToken("two words")
     assert "two" not in str(bad.value)
+
+
+#: Run in a session: an MCP initialize POST to its own server, from the worker and from a
+#: child process; each returns the HTTP status it got.
+CALL_HOME = """
+import json, subprocess, sys, urllib.error, urllib.request
+def post(url):
+    req = urllib.request.Request(url, data=json.dumps({init}).encode(), headers={headers})
+    try:
+        return urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+child = subprocess.run([sys.executable, "-c", "import urllib.request, urllib.error\\n"
+    "try:\\n urllib.request.urlopen(urllib.request.Request({url!r}, data=b'{{}}', "
+    "headers={{'Content-Type': 'application/json'}}), timeout=10)\\n"
+    "except urllib.error.HTTPError as e:\\n print(e.code)"], capture_output=True, text=True)
+(post({url!r}), child.stdout.strip())
+"""
+
+
+async def test_sessions_cannot_call_their_own_server(tmp_path: Path) -> None:
+    """On loopback without a token, nothing but this check stops a session from driving the
+    server (an unconfined install, or a call into its own busy session)."""
+    port = free_port()
+    proc = start_http_server(tmp_path, port)
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        code = CALL_HOME.format(init=INITIALIZE, headers=MCP_HEADERS, url=url)
+        async with Client(url, timeout=60) as c:
+            r = await run(c, code)
+            assert r["status"] == "ok", r
+            assert r["result"] == "(403, '403')"
+            assert (await run(c, "1 + 1"))["result"] == "2"  # the real client still works
+        # A client that is not the server's descendant is served.
+        status = httpx2.post(url, json=INITIALIZE, headers=MCP_HEADERS, timeout=10).status_code
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
