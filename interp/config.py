@@ -166,6 +166,8 @@ class Config:
     preload_modules: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     ladder: Ladder = field(default_factory=Ladder)
+    #: Seconds between two samples of the health monitor (and rewrites of the status feed).
+    health_interval: float = 1.0
     #: Confinement of workers and scripts (`interp.sandbox`): "auto" uses Landlock where
     #: the kernel has it and says so where it does not, "landlock" refuses to run without
     #: it, "off" never confines.

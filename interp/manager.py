@@ -19,6 +19,7 @@ from interp import snapfiles
 from interp.changes import WorkspaceWatch
 from interp.config import SESSION_ID_PATTERN, Config
 from interp.errors import InvalidRequest, SessionExists, SessionLimit, SessionNotFound
+from interp.events import EventLog
 from interp.session import Session, SessionState
 from interp.spawner import WorkerPool
 
@@ -35,6 +36,8 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self.current = DEFAULT_SESSION
         self._create_lock = asyncio.Lock()
+        #: What happened to sessions lately (interp.health reports it).
+        self.events = EventLog()
 
     async def start(self) -> None:
         self.config.workspace.mkdir(parents=True, exist_ok=True)
@@ -78,6 +81,7 @@ class SessionManager:
                 created_at=float(created) if isinstance(created, int | float) else None,
                 folder_fd=fd,
             )
+            self.sessions[entry.name].events = self.events
             log.info("session %s found on disk (dormant)", entry.name)
 
     def get(self, session_id: str | None = None) -> Session:
@@ -97,6 +101,7 @@ class SessionManager:
         if live >= self.config.limits.max_sessions:
             raise SessionLimit(self.config.limits.max_sessions)
         session = Session(session_id, description, self.config, self.pool)
+        session.events = self.events
         # A stale folder of that name (deleted while the server was down) must not leak in.
         try:
             snapfiles.clear_stale(self.config.snapshots, session_id)
@@ -118,6 +123,7 @@ class SessionManager:
             session.discard_files()
             raise
         log.info("session %s created (pid %s)", session_id, session.worker and session.worker.pid)
+        self.events.record("created", session_id, description or "new session")
         return session
 
     async def fork(self, new_id: str, source_id: str | None) -> tuple[Session, Session, float]:
@@ -135,6 +141,7 @@ class SessionManager:
             raise
         elapsed = (time.perf_counter() - started) * 1000
         log.info("session %s forked from %s in %.1f ms", new_id, source.id, elapsed)
+        self.events.record("forked", new_id, f"fork of {source.id} in {elapsed:.1f} ms")
         return source, target, elapsed
 
     def switch(self, session_id: str) -> str:
@@ -154,6 +161,7 @@ class SessionManager:
         await session.stop()
         await asyncio.to_thread(session.discard_files)
         log.info("session %s deleted", session_id)
+        self.events.record("deleted", session_id, "deleted")
 
     async def aclose(self) -> None:
         """Stop every worker and its process group, in parallel. Idle sessions first finish

@@ -431,3 +431,73 @@ class RunScriptResult(BaseModel):
         description="workspace files it created, modified or deleted"
     )
     new_files: list[str]
+
+
+class SessionHealth(BaseModel):
+    """One session as the health monitor last saw it (numbers null where unreadable)."""
+
+    session_id: str
+    state: str
+    current: bool
+    pid: int | None
+    cpu_percent: float | None = Field(description="worker and its children, % of one core")
+    rss_bytes: int | None
+    pss_bytes: int | None = Field(description="proportional set size: shared pages split")
+    threads: int | None
+    fds: int | None
+    process_state: str | None = Field(description="running, sleeping, stopped, zombie, ...")
+    uptime_s: float | None = Field(description="age of the current worker process")
+    executions: int
+    last_duration_s: float | None
+    mean_duration_s: float | None
+    restarts: int
+    last_exit: str | None
+    snapshot_age_s: float | None
+    snapshot_bytes: int | None
+    memory_limit_bytes: int = Field(description="RLIMIT_AS of the worker; 0: none")
+    running: str | None = Field(description="execution id of the cell running now")
+    limits: list[LimitInfo]
+    sandbox: SandboxInfo | None
+
+
+class ServerHealth(BaseModel):
+    pid: int
+    version: str
+    transport: str
+    address: str | None = Field(description="the HTTP endpoint; null under stdio")
+    workspace: str
+    snapshots: str
+    started_at: float
+    uptime_s: float
+    cpu_percent: float | None
+    rss_bytes: int | None
+    pss_bytes: int | None
+    threads: int | None
+    fds: int | None
+    sandbox: SandboxInfo
+
+
+class HealthTotals(BaseModel):
+    sessions: int
+    live: int = Field(description="sessions with a worker process")
+    busy: int
+    cpu_percent: float
+    rss_bytes: int
+    pss_bytes: int
+    executions: int
+    restarts: int
+
+
+class HealthEvent(BaseModel):
+    at: float
+    session_id: str | None
+    kind: str = Field(description="crash, restart, timeout, interrupt, restore, limit, ...")
+    message: str
+
+
+class HealthResult(BaseModel):
+    sampled_at: float = Field(description="when the monitor took these figures (unix time)")
+    server: ServerHealth
+    totals: HealthTotals
+    sessions: list[SessionHealth]
+    events: list[HealthEvent] = Field(description="recent events, oldest first")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.models import ExecResult
+from interp.models import ExecResult, HealthResult
 
 
 def exec_text(r: ExecResult) -> str:
@@ -61,4 +61,29 @@ def recovery_text(info: dict[str, Any]) -> str:
         lines.append(f"maybe lost (changed in place after that snapshot): {maybe}")
     for why in info.get("rejected") or []:
         lines.append(f"skipped a newer snapshot: {why}")
+    return "\n".join(lines)
+
+
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def health_text(h: HealthResult) -> str:
+    """One line a session, the server and totals, and the newest events."""
+    lines = []
+    for r in h.sessions:
+        cpu = "?" if r.cpu_percent is None else f"{r.cpu_percent:.0f}%"
+        snap = "-" if r.snapshot_age_s is None else f"{r.snapshot_age_s:.0f} s ago"
+        lines.append(
+            f"{'*' if r.current else ' '} {r.session_id} [{r.state}] pid={r.pid} cpu={cpu} "
+            f"rss={_mib(r.rss_bytes)} pss={_mib(r.pss_bytes)} executions={r.executions} "
+            f"restarts={r.restarts} snapshot={snap}"
+        )
+    s, t = h.server, h.totals
+    lines.append(
+        f"server pid={s.pid} up {s.uptime_s:.0f} s rss={_mib(s.rss_bytes)}; {t.sessions} "
+        f"sessions ({t.live} live, {t.busy} busy), workers rss={_mib(t.rss_bytes)} "
+        f"pss={_mib(t.pss_bytes)} cpu={t.cpu_percent:.0f}%"
+    )
+    lines += [f"  {e.kind}: {e.session_id or '-'}: {e.message}" for e in h.events[-5:]]
     return "\n".join(lines)

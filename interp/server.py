@@ -28,6 +28,7 @@ from interp import __version__, protocol, render, sandbox, scripts, spawner
 from interp.config import SESSION_ID_PATTERN, Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
 from interp.executions import Execution, ExecutionRegistry
+from interp.health import HealthMonitor, feed_document, limit_infos, sandbox_info
 from interp.httpauth import BearerToken
 from interp.manager import SessionManager
 from interp.middleware import CallStats, ErrorBoundary
@@ -45,11 +46,11 @@ from interp.models import (
     FilesChanged,
     ForkSessionResult,
     GetExecutionResult,
+    HealthResult,
     ImageInfo,
     InspectResult,
     InstallResult,
     InterruptResult,
-    LimitInfo,
     ListCheckpointsResult,
     ListExecutionsResult,
     ListFilesResult,
@@ -61,7 +62,6 @@ from interp.models import (
     RestartResult,
     RestoreCheckpointResult,
     RunScriptResult,
-    SandboxInfo,
     SaveCheckpointResult,
     SaveScriptResult,
     SessionInfo,
@@ -146,6 +146,7 @@ class ServerState:
     stats: CallStats
     executions: ExecutionRegistry
     manager: SessionManager | None = None
+    monitor: HealthMonitor | None = None
     started: float = 0.0
 
     def sessions(self) -> SessionManager:
@@ -275,47 +276,6 @@ def _utf8(data: bytes, cut: bool) -> str | None:
     return None
 
 
-def _sandbox(report: dict[str, Any] | None) -> SandboxInfo | None:
-    if report is None:
-        return None
-    fields = {name: report[name] for name in SandboxInfo.model_fields if name in report}
-    return SandboxInfo(**{"filesystem": False, "signals": False, "network": "allowed",
-                          "note": "", **fields})  # fmt: skip
-
-
-def _limits(session: Session, config: Config) -> list[LimitInfo]:
-    """What the worker reported in force, plus what the server enforces itself."""
-    limits = config.limits
-    out = [LimitInfo(**entry) for entry in (session.worker.limits if session.worker else [])]
-    if limits.memory_bytes:
-        mark = limits.memory_bytes * limits.memory_watermark / 1024**2
-        out.append(
-            LimitInfo(
-                name="memory watermark",
-                value=f"{mark:,.0f} MiB",
-                enforced=True,
-                note="RAM of the worker and its children; the running cell is interrupted",
-            )
-        )
-    out.append(
-        LimitInfo(
-            name="output",
-            value=f"{limits.output_chars:,} characters per stream",
-            enforced=True,
-            note="per execution: the middle of longer output is cut",
-        )
-    )
-    out.append(
-        LimitInfo(
-            name="sessions",
-            value=str(limits.max_sessions),
-            enforced=True,
-            note="live sessions on this server",
-        )
-    )
-    return out
-
-
 def _issues(items: list[dict[str, Any]]) -> list[VarIssue]:
     return [
         VarIssue(name=str(i.get("name")), reason=str(i.get("reason")), type=str(i.get("type", "")))
@@ -372,13 +332,18 @@ def create_server(config: Config) -> FastMCP:
         # FastMCP imports its state store (key_value, ~200 ms) on first use, i.e. during the
         # first tool call: import it now, in a thread, while the first worker starts.
         warm = asyncio.create_task(asyncio.to_thread(lambda: server._state_store))
+        address = f"http://{config.host}:{config.port}/mcp" if config.transport == "http" else None
+        monitor = HealthMonitor(manager, config, address)
         try:
             await manager.start()
             await warm
             state.manager = manager
+            monitor.start()
+            state.monitor = monitor
             yield {"state": state}
         finally:
-            state.manager = None
+            state.manager = state.monitor = None
+            await monitor.aclose()
             await manager.aclose()
 
     mcp = FastMCP(
@@ -612,8 +577,8 @@ def create_server(config: Config) -> FastMCP:
             restarts=s.restarts,
             last_exit=s.last_exit,
             snapshot=_snapshot_info(s),
-            limits=_limits(s, config),
-            sandbox=_sandbox(s.worker.sandbox if s.worker is not None else None),
+            limits=limit_infos(s, config),
+            sandbox=sandbox_info(s.worker.sandbox if s.worker is not None else None),
             failed_reason=s.failed_reason,
             running=s.running.id if s.running else None,
         )
@@ -984,7 +949,7 @@ def create_server(config: Config) -> FastMCP:
             report["note"] = "; ".join(
                 filter(None, [report["note"], "expected: no worker has reported yet"])
             )
-        confined = _sandbox(report)
+        confined = sandbox_info(report)
         assert confined is not None
         model = WorkspaceInfoResult(
             root=str(config.workspace),
@@ -1101,6 +1066,42 @@ def create_server(config: Config) -> FastMCP:
         return _result(model, f"{verdict}: {', '.join(requirements)}\n{tail}")
 
     # -- health ------------------------------------------------------------------------
+
+    async def _health() -> HealthResult:
+        monitor = state.monitor
+        if monitor is None:
+            raise SessionUnavailable("the server is starting or stopping; retry in a moment")
+        return await monitor.report()
+
+    @tool(HealthResult, annotations=READ_ONLY)
+    async def get_kernel_health(
+        session_id: Annotated[
+            str | None,
+            Field(
+                description="one session; omit for every session and the server totals",
+                pattern=SESSION_ID_PATTERN,
+            ),
+        ] = None,
+    ) -> ToolResult:
+        """Health of the sessions' processes (cpu, memory, threads, fds, uptime), their
+        executions, restarts, snapshots, limits and sandbox, the server's own figures, and
+        recent events (crashes, restarts, timeouts, restores, limits). Sampled about once a
+        second; use check_kernel_responsiveness for a live round trip."""
+        health = await _health()
+        if session_id is not None:
+            state.sessions().get(session_id)  # SessionNotFound names the others
+            rows = [r for r in health.sessions if r.session_id == session_id]
+            events = [e for e in health.events if e.session_id == session_id]
+            health = health.model_copy(update={"sessions": rows, "events": events[-50:]})
+        else:
+            health = health.model_copy(update={"events": health.events[-50:]})
+        return _result(health, render.health_text(health))
+
+    @mcp.resource("interp://health", mime_type="application/json")
+    async def health_resource() -> dict[str, Any]:
+        """The server's status: every session's health, server totals, recent events (the
+        same document as the status feed file the dashboard follows)."""
+        return feed_document(await _health(), config)
 
     @tool(ResponsivenessResult, annotations=READ_ONLY)
     async def check_kernel_responsiveness(

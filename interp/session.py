@@ -35,6 +35,7 @@ from typing import Any
 from interp import protocol, snapfiles, spawner
 from interp.config import Config
 from interp.errors import InterpError, InvalidRequest, SessionBusy, SessionUnavailable
+from interp.events import EventLog
 from interp.executions import Execution, new_id
 from interp.memwatch import MemoryWatch
 from interp.spawner import WorkerExited, WorkerPool, WorkerProcess, describe_exit, wait_readable
@@ -169,11 +170,24 @@ class Session:
         self._touched: dict[int, list[str]] = {}  # cell number -> values it may have mutated
         self._unsaved: set[str] = set()  # names the last snapshot skipped or failed
         self._recovery: dict[str, Any] | None = None  # a revival's report, for the next cell
+        #: Where crashes, rungs, restores and limits are told (the manager's, for health).
+        self.events: EventLog | None = None
+        self.last_duration: float | None = None  # seconds, of the last finished cell
+        self._durations = 0.0  # total seconds of finished cells, for the mean
+        self._timed = 0
         if dormant:
             newest = snapfiles.newest_auto(self.folder)
             self.snapshot = snapfiles.summary(newest) if newest else None
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def mean_duration(self) -> float | None:
+        return self._durations / self._timed if self._timed else None
+
+    def _event(self, kind: str, message: str) -> None:
+        if self.events is not None:
+            self.events.record(kind, self.id, message)
 
     def _set_state(self, new: SessionState) -> None:
         if new is self.state:
@@ -188,6 +202,13 @@ class Session:
         async with self._lock:
             await self._ensure_worker()
 
+    async def recover(self) -> None:
+        """Replace a worker that died between calls now (the health monitor saw it), the
+        way the next call would: same restore, same restart policy."""
+        async with self._idle(wait=0.5):
+            if self.worker is not None and not self.worker.alive:
+                await self._ensure_worker()
+
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
         if worker is self.worker and self.state is SessionState.IDLE:
             # Died between calls (killed from outside, OOM): say so on the next call.
@@ -197,6 +218,7 @@ class Session:
                 "last snapshot (see recovery)"
             )
             log.warning("session %s: worker died while idle (%s)", self.id, self.last_exit)
+            self._event("crash", f"the worker died while idle ({self.last_exit})")
 
     async def _ensure_worker(self) -> WorkerProcess:
         if self.state in (SessionState.STOPPING, SessionState.DEAD):
@@ -234,9 +256,15 @@ class Session:
             if worker is not None:
                 why = f"its worker had died ({self.last_exit})"
             self._recovery = self._recovery_info(report, why)
+            self._restored_event(self._recovery)
         self._set_state(SessionState.IDLE)
         assert self.worker is not None
         return self.worker
+
+    def _restored_event(self, info: dict[str, Any]) -> None:
+        restored, lost = info.get("restored") or [], info.get("lost") or []
+        lost_note = f", lost {len(lost)}" if lost else ""
+        self._event("restore", f"{info.get('why')}: restored {len(restored)} names{lost_note}")
 
     async def _adopt(self, restore: str | None = None) -> dict[str, Any]:
         """Take a ready worker from the pool, make it this session's and bind it to the
@@ -475,6 +503,8 @@ class Session:
         async with self._lock:
             self._crashes.clear()
             failed, self.failed_reason = self.state is SessionState.FAILED, None
+            kept = "state kept" if preserve_state else "state cleared"
+            self._event("restart", f"restart_kernel ({kept})")
             if not preserve_state:
                 await self._swap_worker(restore=None, before=self._forget_state)
                 return None
@@ -655,6 +685,10 @@ class Session:
                 self._cleanup = asyncio.create_task(self._stop_quietly(worker, run.id, fut))
             raise
         finally:
+            if self.busy_since is not None:
+                self.last_duration = time.monotonic() - self.busy_since
+                self._durations += self.last_duration
+                self._timed += 1
             self.running = None
             self._stop = None
             self.busy_since = None
@@ -733,6 +767,7 @@ class Session:
             outcome = self._outcome(worker, exec_id, fut.result())
             outcome.status = status
             outcome.timeout_rung = "interrupt"
+            self._stopped_event(why, exec_id, "SIGINT")
             return outcome
         rung = "terminate"
         if worker.alive:
@@ -747,8 +782,14 @@ class Session:
             fut.exception()  # the worker's exit, expected here: mark it read
         outcome = self._partial(worker, exec_id, status)
         outcome.timeout_rung = rung
+        self._stopped_event(why, exec_id, rung)
         await self._replace(worker, outcome, f"the cell ignored SIGINT and was stopped by {rung}")
         return outcome
+
+    def _stopped_event(self, why: str, exec_id: str, rung: str) -> None:
+        kind = {"timeout": "timeout", "memory": "limit"}.get(why, "interrupt")
+        reason = {"memory": "memory watermark", "interrupted": "interrupt_kernel"}.get(why, why)
+        self._event(kind, f"{exec_id} stopped by {rung} ({reason})")
 
     async def _after_crash(
         self, worker: WorkerProcess, exec_id: str, exc: WorkerExited
@@ -763,6 +804,7 @@ class Session:
         }
         self.last_exit = describe_exit(code)
         why = f"the worker died ({self.last_exit})"
+        self._event("crash", f"{why} during {exec_id}")
         if self.state in (SessionState.STOPPING, SessionState.DEAD):
             outcome.status = "interrupted"
             outcome.notices.append("the session was deleted while the cell ran")
@@ -793,6 +835,7 @@ class Session:
             "restart_kernel() starts it empty"
         )
         log.warning("%s", self.failed_reason)
+        self._event("failed", f"stopped restarting after {len(self._crashes)} crashes ({why})")
         return False
 
     async def _replace(self, worker: WorkerProcess, outcome: ExecOutcome, why: str) -> None:
@@ -809,6 +852,7 @@ class Session:
         self.restarts += 1
         outcome.restarted = True
         info = self._recovery_info(report, why)
+        self._restored_event(info)
         outcome.recovery = info
         outcome.state_lost = bool(
             info["lost"] or info["maybe_lost"] or info["failed"] or info["skipped"]

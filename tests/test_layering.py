@@ -17,7 +17,7 @@ WORKER_SIDE = {
 SERVER_SIDE = {
     "server", "manager", "session", "spawner", "middleware", "models", "render", "cli",
     "logs", "errors", "executions", "memwatch", "workspace", "packages", "scripts", "changes",
-    "httpauth", "peerguard",
+    "httpauth", "peerguard", "health", "events",
 }  # fmt: skip
 
 

@@ -40,7 +40,7 @@ async def test_every_tool_over_stdio(stdio: Client, tmp_path: Path) -> None:
         "save_checkpoint", "restore_checkpoint", "list_checkpoints", "delete_checkpoint",
         "fork_session", "get_execution", "list_executions",
         "list_files", "read_file", "write_file", "delete_file", "get_workspace_info",
-        "install_dependencies", "save_script", "run_script",
+        "install_dependencies", "save_script", "run_script", "get_kernel_health",
     }  # fmt: skip
     assert (await c.call_tool("ping", {})).structured_content["ok"] is True
     await run(c, "value = 6 * 7\nimport math")
@@ -57,6 +57,8 @@ async def test_every_tool_over_stdio(stdio: Client, tmp_path: Path) -> None:
     assert doc["found"] and "square root" in doc["text"]
     resp = (await c.call_tool("check_kernel_responsiveness", {})).structured_content
     assert resp["responsive"] is True
+    health = (await c.call_tool("get_kernel_health", {})).structured_content
+    assert [r["session_id"] for r in health["sessions"]] == ["default"]
     assert (await c.call_tool("interrupt_kernel", {})).structured_content["interrupted"] is False
     await c.call_tool("create_session", {"session_id": "side"})
     assert (await c.call_tool("switch_session", {"session_id": "side"})).structured_content[
