@@ -93,9 +93,9 @@ async def test_worker_killed_while_idle_is_replaced_with_a_notice(canary: Client
     pid = next(s["pid"] for s in sessions if s["session_id"] == "default")
     os.kill(pid, signal.SIGKILL)
 
-    async def gone() -> bool:
+    async def gone() -> bool:  # noticed: no worker yet, or already the health monitor's new one
         listing = (await canary.call_tool("list_sessions", {})).structured_content["sessions"]
-        return next(s for s in listing if s["session_id"] == "default")["pid"] is None
+        return next(s for s in listing if s["session_id"] == "default")["pid"] != pid
 
     await wait_until(gone)
     r = await run(canary, "1+1")

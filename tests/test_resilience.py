@@ -61,11 +61,12 @@ async def plant_canary(client: Client) -> None:
     await run(client, "bird = 'alive'", session_id="canary")
 
 
-def async_pid_is_none(client: Client, session_id: str) -> Callable[[], Awaitable[bool]]:
-    """A predicate: the server has noticed that the session's worker is gone."""
+def async_pid_is_not(client: Client, session_id: str, pid: int) -> Callable[[], Awaitable[bool]]:
+    """A predicate: the server has noticed that the session's worker `pid` is gone (it shows
+    no worker, or already the one the health monitor started in its place)."""
 
     async def check() -> bool:
-        return (await session_info(client, session_id))["pid"] is None
+        return (await session_info(client, session_id))["pid"] != pid
 
     return check
 
@@ -258,7 +259,7 @@ async def test_killing_a_sibling_worker_restores_it(canary: Client) -> None:
     os.kill(victim, signal.SIGKILL)
     # Once the server has seen the death (see the next test for a call that comes sooner).
     await wait_until(lambda: gone(victim))
-    await wait_until(async_pid_is_none(canary, "canary"))
+    await wait_until(async_pid_is_not(canary, "canary", victim))
     bird = await run(canary, "bird", session_id="canary")
     assert bird["result"] == "'alive'" and bird["recovery"]["restored"] == ["bird"]
     assert any("died while idle" in n for n in bird["notices"])

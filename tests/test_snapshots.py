@@ -151,9 +151,9 @@ async def test_worker_killed_while_idle_comes_back_with_state(client: Client) ->
     pid = (await client.call_tool("list_sessions", {})).structured_content["sessions"][0]["pid"]
     os.kill(pid, signal.SIGKILL)
 
-    async def dead() -> bool:
+    async def dead() -> bool:  # noticed: no worker yet, or already the health monitor's new one
         r = await client.call_tool("list_sessions", {})
-        return r.structured_content["sessions"][0]["pid"] is None
+        return r.structured_content["sessions"][0]["pid"] != pid
 
     await wait_until(dead)
     r = await run(client, "sum(survivor)")
