@@ -28,7 +28,10 @@ log = logging.getLogger("interp.cli")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = Config()
     p = argparse.ArgumentParser(
-        prog="interp", description="Stateful Python sessions for AI agents, over MCP."
+        prog="interp",
+        description="Stateful Python sessions for AI agents, over MCP.",
+        epilog="interp dashboard [--state-dir DIR]: follow a running server in a terminal "
+        "(see its --help)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout (default)")
@@ -220,6 +223,11 @@ def _unwind(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dashboard"]:  # a separate program that only reads the status feed
+        from interp import dashboard
+
+        return dashboard.main(argv[1:])
     args = parse_args(argv)
     config = build_config(args)
     if config.sandbox == "landlock" and kernel_abi() < 1:

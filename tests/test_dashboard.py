@@ -1,14 +1,26 @@
-"""The dashboard: `render` on fixed-size consoles (pure, fast).
+"""The dashboard: `render` on fixed-size consoles (pure, fast), and the real program under a
+pseudo-terminal: it follows the feed file, says when no server runs, quits on q, Ctrl-C and
+its server's exit, and restores the terminal.
 
 `status_feed` builds a realistic version-1 feed, as the server's HealthMonitor writes it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import pty
 import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +29,7 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from interp.dashboard import _size, _span, feed_path, read_feed, render
+from tests.conftest import MAIN, wait_until_sync
 
 GiB = 2**30
 STATES = ("idle", "busy", "dormant", "failed", "starting", "restarting", "idle")
@@ -277,3 +290,139 @@ def test_units() -> None:
     assert [_span(s) for s in spans] == [
         "-", "<1ms", "4ms", "1.2s", "42s", "15m00s", "2h05m", "3d04h",
     ]  # fmt: skip
+
+
+# ---- the program, under a pseudo-terminal ----
+
+
+class Terminal:
+    """A command on a pseudo-terminal of cols x rows; `screen()` is the last frame drawn.
+
+    The dashboard draws each frame from the top-left corner (ESC [ H) of the alternate
+    screen, every line padded to the width, so the text after the last ESC [ H, escape
+    sequences removed, is what the screen shows.
+    """
+
+    def __init__(self, args: list[str], cols: int = 100, rows: int = 30) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+            "LANG": "C.UTF-8",
+            "TERM": "xterm-256color",
+        }
+        self.proc = subprocess.Popen(
+            args, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        os.close(slave)
+        self.output = b""
+
+    def drain(self) -> None:
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: every process holding the terminal has closed it
+                return
+            if not chunk:
+                return
+            self.output += chunk
+
+    def screen(self) -> str:
+        self.drain()
+        frame = self.output.decode(errors="replace").rsplit("\x1b[H", 1)[-1]
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", frame)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> None:
+        """Until the screen shows the regular expression pattern."""
+        try:
+            wait_until_sync(lambda: re.search(pattern, self.screen()) is not None, timeout)
+        except AssertionError:
+            raise AssertionError(f"{pattern!r} not on screen:\n{self.screen()}") from None
+
+    def press(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def exit_code(self, timeout: float = 10.0) -> int:
+        wait_until_sync(lambda: self.proc.poll() is not None, timeout)
+        self.drain()
+        return int(self.proc.returncode)
+
+    def restored(self) -> bool:
+        """Cooked mode (echo, line editing) and the main screen are back."""
+        lflag = termios.tcgetattr(self.master)[3]
+        echo_and_lines = lflag & termios.ECHO and lflag & termios.ICANON
+        return bool(echo_and_lines) and self.output.rstrip().endswith(b"\x1b[?1049l")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminal() -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for t in opened:
+        t.close()
+
+
+def dashboard(opened: list[Terminal], state_dir: Path, *extra: str) -> Terminal:
+    t = Terminal([sys.executable, MAIN, "dashboard", "--state-dir", str(state_dir), *extra])
+    opened.append(t)
+    return t
+
+
+def test_follows_the_feed_and_quits_on_q(tmp_path: Path, terminal: list[Terminal]) -> None:
+    write_feed(tmp_path, status_feed(os.getpid(), time.time(), sessions=3))
+    t = dashboard(terminal, tmp_path)
+    t.wait_for(f"server pid {os.getpid()}")
+    t.wait_for("▸ default +idle ")
+    t.wait_for("  s1 +busy ")
+    t.wait_for("  s2 +dormant ")
+    # The server replaces the feed (atomic rename): the screen follows.
+    write_feed(tmp_path, status_feed(os.getpid(), time.time(), states={"s1": "failed"}))
+    t.wait_for("  s1 +failed ")
+    t.press(b"q")
+    assert t.exit_code() == 0
+    assert t.restored()
+
+
+def test_no_feed_then_a_server_then_ctrl_c(tmp_path: Path, terminal: list[Terminal]) -> None:
+    t = dashboard(terminal, tmp_path)  # nothing there yet, not even .run/
+    t.wait_for("NO SERVER RUNNING")
+    t.wait_for(rf"no status feed at .*{re.escape(tmp_path.name)}/\.run/status\.json")
+    write_feed(tmp_path, status_feed(os.getpid(), time.time()))
+    t.wait_for("▸ default")
+    t.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert t.exit_code() == 0
+    assert t.restored()
+
+
+def test_quits_when_its_server_exits(tmp_path: Path, terminal: list[Terminal]) -> None:
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # A feed from a previous server is not this one's: it waits for its own.
+        write_feed(tmp_path, status_feed(os.getpid(), time.time()))
+        t = dashboard(terminal, tmp_path, "--exit-with", str(server.pid))
+        t.wait_for(rf"waiting for the server \(pid {server.pid}\)")
+        server.kill()
+        assert t.exit_code() == 0
+        assert t.restored()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_refuses_a_stdout_that_is_not_a_terminal(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, MAIN, "dashboard", "--state-dir", str(tmp_path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stdout == b""
+    assert b"not a terminal" in done.stderr
