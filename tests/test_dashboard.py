@@ -24,12 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
 from interp.dashboard import _size, _span, feed_path, read_feed, render
-from tests.conftest import MAIN, wait_until_sync
+from tests.conftest import MAIN, free_port, server_args, wait_until_sync
 
 GiB = 2**30
 STATES = ("idle", "busy", "dormant", "failed", "starting", "restarting", "idle")
@@ -426,3 +427,47 @@ def test_refuses_a_stdout_that_is_not_a_terminal(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == b""
     assert b"not a terminal" in done.stderr
+
+
+def test_dashboard_flag_refused_under_stdio_or_without_a_terminal(tmp_path: Path) -> None:
+    for mode in (["--stdio"], []):  # stdio is also the default
+        done = subprocess.run(
+            [sys.executable, *server_args(tmp_path, *mode, "--dashboard")],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+        assert done.returncode != 0
+        assert done.stdout == b""
+        assert b"--dashboard needs HTTP" in done.stderr
+        assert b"python main.py dashboard" in done.stderr
+    # Under HTTP, it needs a terminal to draw on.
+    port = str(free_port())
+    done = subprocess.run(
+        [sys.executable, *server_args(tmp_path, "--port", port, "--dashboard")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert done.stdout == b""
+    assert b"--dashboard needs a terminal" in done.stderr
+
+
+def test_http_server_with_dashboard(tmp_path: Path, terminal: list[Terminal]) -> None:
+    port = free_port()
+    t = Terminal([sys.executable, *server_args(tmp_path, "--port", str(port), "--dashboard")])
+    terminal.append(t)
+    log = tmp_path / "snapshots" / ".run" / "server.log"
+    said = f"logs go to {log}".encode()
+    wait_until_sync(lambda: (t.drain(), said in t.output)[1], 30)
+    wait_until_sync(lambda: log.exists() and "serving MCP over HTTP" in log.read_text(), 30)
+    t.wait_for("q quits")  # the view's footer: waiting for, or showing, the status feed
+    assert t.output.index(said) < t.output.index(b"\x1b[?1049h")  # said before it starts
+    assert t.output.count(said) == 1
+    views = [p for p in psutil.Process(t.proc.pid).children() if "interp.dashboard" in p.cmdline()]
+    assert len(views) == 1
+    t.proc.send_signal(signal.SIGTERM)
+    assert t.exit_code(30) == 0
+    assert not views[0].is_running() or views[0].status() == psutil.STATUS_ZOMBIE
+    assert t.restored()
