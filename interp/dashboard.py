@@ -512,7 +512,7 @@ def _watch(path: Path, stop: threading.Event, wake: int) -> None:
                 folder,
                 watch_filter=relevant,
                 debounce=200,
-                step=20,
+                step=50,
                 stop_event=stop,
                 recursive=False,
                 debug=False,  # it would print to stdout (WATCHFILES_DEBUG)
