@@ -3,6 +3,9 @@
 The forkserver is started before fastmcp is imported: its IPython import (and shell build)
 then overlaps fastmcp's ~1.5 s import, and it inherits fds 0/1/2 before anything could have
 written to them. Nothing here prints to stdout: under stdio it is the protocol.
+
+``interp dashboard`` is handed to `interp.dashboard` before any of this; ``--dashboard``
+(HTTP only) runs that program as a child on this terminal, and logs go to a file meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +32,10 @@ log = logging.getLogger("interp.cli")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = Config()
     p = argparse.ArgumentParser(
-        prog="interp", description="Stateful Python sessions for AI agents, over MCP."
+        prog="interp",
+        description="Stateful Python sessions for AI agents, over MCP.",
+        epilog="interp dashboard [--state-dir DIR]: follow a running server in a terminal "
+        "(see its --help)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout (default)")
@@ -67,6 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snapshots", type=Path, default=defaults.snapshots, help="state folder")
     p.add_argument("--log-level", default=defaults.log_level, help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-file", type=Path, help="log to this file instead of stderr")
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="HTTP only: show the live dashboard in this terminal (a separate process; q "
+        "closes it, Ctrl-C stops the server). Logs then go to SNAPSHOTS/.run/server.log "
+        "unless --log-file is given. Under stdio, run `python main.py dashboard` in "
+        "another terminal instead",
+    )
     p.add_argument("--spare-workers", type=int, default=defaults.spare_workers)
     p.add_argument("--max-sessions", type=int, default=defaults.limits.max_sessions)
     p.add_argument(
@@ -220,8 +235,15 @@ def _unwind(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dashboard"]:  # a separate program that only reads the status feed
+        from interp import dashboard
+
+        return dashboard.main(argv[1:])
     args = parse_args(argv)
     config = build_config(args)
+    if args.dashboard:
+        config = _dashboard_config(config)
     if config.sandbox == "landlock" and kernel_abi() < 1:
         raise SystemExit("interp: --sandbox landlock: this kernel has no Landlock (Linux 5.13+)")
     if config.token is not None:
@@ -247,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     mcp = create_server(config)
     signal.signal(signal.SIGTERM, _unwind)
     signal.signal(signal.SIGINT, _unwind)
+    view = _start_dashboard(config) if args.dashboard else None
     try:
         if config.transport == "stdio":
             mcp.run(transport="stdio", show_banner=False)
@@ -255,11 +278,55 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if view is not None:
+            _stop_dashboard(view)
         log.info("server stopped")
         logging.shutdown()
         sys.stderr.flush()
     # A thread blocked reading stdin would keep the process alive; everything is shut down.
     os._exit(0)
+
+
+def _dashboard_config(config: Config) -> Config:
+    """--dashboard: refused under stdio (stdout is the protocol) and without a terminal;
+    logs go to a file, since lines on stderr would tear the live view."""
+    if config.transport == "stdio":
+        raise SystemExit(
+            "interp: --dashboard needs HTTP (--port): under stdio, stdout is the MCP "
+            "protocol. Run `python main.py dashboard` in another terminal instead."
+        )
+    if not sys.stdout.isatty():
+        raise SystemExit("interp: --dashboard needs a terminal on stdout")
+    return config if config.log_file else config.replace(log_file=config.run_dir / "server.log")
+
+
+def _start_dashboard(config: Config) -> subprocess.Popen[bytes]:
+    """The dashboard as a child on this terminal; it quits by itself if we die first."""
+    sys.stderr.write(
+        f"interp: logs go to {config.log_file}; the dashboard takes this terminal "
+        "(q closes it, the server keeps running; Ctrl-C stops the server)\n"
+    )
+    sys.stderr.flush()
+    command = ["-m", "interp.dashboard", "--state-dir", str(config.snapshots)]
+    proc = subprocess.Popen([sys.executable, *command, "--exit-with", str(os.getpid())])
+    log.info("dashboard started (pid %d); logs go to %s", proc.pid, config.log_file)
+    # Our fd 2 joins the log file too: whatever writes to stderr without our logging (uvicorn,
+    # warnings, a C library) would otherwise tear the view. The child kept the terminal.
+    fd = os.open(config.log_file or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return proc
+
+
+def _stop_dashboard(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM lets it restore the terminal (cooked mode, main screen) before exiting."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _forget_token(token: str) -> None:

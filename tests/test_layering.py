@@ -19,6 +19,9 @@ SERVER_SIDE = {
     "logs", "errors", "executions", "memwatch", "workspace", "packages", "scripts", "changes",
     "httpauth", "peerguard", "health", "events",
 }  # fmt: skip
+#: A separate program that only reads the server's status feed: neither side imports it
+#: (the CLI dispatches to it), and it imports neither side but the light `config`.
+STANDALONE = {"dashboard"}
 
 
 def interp_imports(module: str) -> set[str]:
@@ -37,7 +40,7 @@ def interp_imports(module: str) -> set[str]:
 
 def test_every_module_is_classified() -> None:
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert modules == WORKER_SIDE | SERVER_SIDE
+    assert modules == WORKER_SIDE | SERVER_SIDE | STANDALONE
 
 
 def test_worker_side_never_imports_server_side() -> None:
@@ -64,6 +67,17 @@ def test_worker_import_pulls_in_no_fastmcp_or_rich() -> None:
     loaded = loaded_after("interp.worker, interp.preload, interp.launch, interp.shell")
     server_side = {"fastmcp", "mcp", "rich", "pydantic", "uvicorn", "starlette", "asyncio"}
     assert not sorted(m for m in loaded if m.split(".")[0] in server_side)
+
+
+def test_dashboard_stands_apart() -> None:
+    """The dashboard reads a file: it needs neither the server nor a worker loaded."""
+    assert interp_imports("dashboard") <= {"config"}
+    users = {m for m in WORKER_SIDE | SERVER_SIDE if "dashboard" in interp_imports(m)}
+    assert users <= {"cli"}  # dispatches `interp dashboard`
+    loaded = loaded_after("interp.dashboard")
+    server_side = {"fastmcp", "mcp", "pydantic", "uvicorn", "starlette", "IPython", "dill"}
+    assert not sorted(m for m in loaded if m.split(".")[0] in server_side)
+    assert {m for m in loaded if m.startswith("interp.")} <= {"interp.config", "interp.dashboard"}
 
 
 def test_server_never_loads_unpickling_code() -> None:
