@@ -26,11 +26,12 @@ from typing import Any
 
 import psutil
 import pytest
+from fastmcp import Client
 from rich.cells import cell_len
 from rich.console import Console
 
 from interp.dashboard import _size, _span, feed_path, read_feed, render
-from tests.conftest import MAIN, free_port, server_args, wait_until_sync
+from tests.conftest import MAIN, free_port, run, server_args, stdio_transport, wait_until_sync
 
 GiB = 2**30
 STATES = ("idle", "busy", "dormant", "failed", "starting", "restarting", "idle")
@@ -463,6 +464,7 @@ def test_http_server_with_dashboard(tmp_path: Path, terminal: list[Terminal]) ->
     wait_until_sync(lambda: (t.drain(), said in t.output)[1], 30)
     wait_until_sync(lambda: log.exists() and "serving MCP over HTTP" in log.read_text(), 30)
     t.wait_for("q quits")  # the view's footer: waiting for, or showing, the status feed
+    t.wait_for("▸ default +idle ", 30)  # the real monitor's feed
     assert t.output.index(said) < t.output.index(b"\x1b[?1049h")  # said before it starts
     assert t.output.count(said) == 1
     views = [p for p in psutil.Process(t.proc.pid).children() if "interp.dashboard" in p.cmdline()]
@@ -471,3 +473,23 @@ def test_http_server_with_dashboard(tmp_path: Path, terminal: list[Terminal]) ->
     assert t.exit_code(30) == 0
     assert not views[0].is_running() or views[0].status() == psutil.STATUS_ZOMBIE
     assert t.restored()
+
+
+async def test_a_real_server_on_the_dashboard(tmp_path: Path, terminal: list[Terminal]) -> None:
+    """End to end: a stdio server driven by a client, its dashboard in another terminal."""
+    async with Client(stdio_transport(tmp_path), timeout=60) as c:
+        await c.call_tool("create_session", {"session_id": "analysis"})
+        await run(c, "x = 1", session_id="analysis")
+        t = dashboard(terminal, tmp_path / "snapshots")
+        t.wait_for("▸ default +idle ", 30)
+        t.wait_for("  analysis +idle ")
+        t.wait_for("sandbox on|sandbox OFF")
+        await run(c, "import time\ntime.sleep(60)", session_id="analysis", background=True)
+        t.wait_for("  analysis +busy ")
+        await c.call_tool("interrupt_kernel", {"session_id": "analysis"})
+        t.wait_for("  analysis +idle ")
+        await run(c, "import os\nos._exit(1)", session_id="analysis")
+        t.wait_for("analysis +crash ")  # the event, newest first
+        t.press(b"q")
+        assert t.exit_code() == 0
+        assert t.restored()
