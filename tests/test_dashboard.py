@@ -30,7 +30,7 @@ from fastmcp import Client
 from rich.cells import cell_len
 from rich.console import Console
 
-from interp.dashboard import _size, _span, feed_path, read_feed, render
+from interp.dashview import _size, _span, feed_path, read_feed, render
 from tests.conftest import MAIN, free_port, run, server_args, stdio_transport, wait_until_sync
 
 GiB = 2**30

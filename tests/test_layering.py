@@ -21,7 +21,7 @@ SERVER_SIDE = {
 }  # fmt: skip
 #: A separate program that only reads the server's status feed: neither side imports it
 #: (the CLI dispatches to it), and it imports neither side but the light `config`.
-STANDALONE = {"dashboard"}
+STANDALONE = {"dashboard", "dashview"}
 
 
 def interp_imports(module: str) -> set[str]:
@@ -71,13 +71,15 @@ def test_worker_import_pulls_in_no_fastmcp_or_rich() -> None:
 
 def test_dashboard_stands_apart() -> None:
     """The dashboard reads a file: it needs neither the server nor a worker loaded."""
-    assert interp_imports("dashboard") <= {"config"}
-    users = {m for m in WORKER_SIDE | SERVER_SIDE if "dashboard" in interp_imports(m)}
+    assert interp_imports("dashboard") <= {"config", "dashview"}
+    assert interp_imports("dashview") <= {"config"}
+    users = {m for m in WORKER_SIDE | SERVER_SIDE if interp_imports(m) & STANDALONE}
     assert users <= {"cli"}  # dispatches `interp dashboard`
     loaded = loaded_after("interp.dashboard")
     server_side = {"fastmcp", "mcp", "pydantic", "uvicorn", "starlette", "IPython", "dill"}
     assert not sorted(m for m in loaded if m.split(".")[0] in server_side)
-    assert {m for m in loaded if m.startswith("interp.")} <= {"interp.config", "interp.dashboard"}
+    ours = {"interp.config", "interp.dashboard", "interp.dashview"}
+    assert {m for m in loaded if m.startswith("interp.")} <= ours
 
 
 def test_server_never_loads_unpickling_code() -> None:
