@@ -58,12 +58,36 @@ class WorkerProcessHandle(process.BaseProcess):
 
 
 def start_forkserver(preload_modules: tuple[str, ...] = ()) -> None:
-    """Start (or confirm) the forkserver; the environment flag arms `interp.preload`."""
+    """Start (or confirm) the forkserver; the environment flag arms `interp.preload`.
+
+    It runs ``python -c ...``, whose ``sys.path[0]`` is the current folder, and 3.11's
+    forkserver ignores the parent's ``sys.path``: started in a folder that has an ``interp/``
+    (the workspace, where sessions write; another checkout), it imported that one, unconfined.
+    PYTHONSAFEPATH (3.11's ``-P``) drops the current folder; PYTHONPATH names the folder this
+    package is in, so the forkserver imports this very copy whether it is installed or not.
+    """
     CTX.set_forkserver_preload(["interp.preload"])
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    saved = {k: os.environ.get(k) for k in ("PYTHONSAFEPATH", "PYTHONPATH")}
     os.environ["_INTERP_FORKSERVER"] = "1"
     os.environ["_INTERP_PRELOAD"] = ",".join(preload_modules)
+    os.environ["PYTHONSAFEPATH"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, saved["PYTHONPATH"]]))
+    # For the preload to put back, so sessions' programs see the environment they would have.
+    os.environ["_INTERP_PYTHONPATH"] = saved["PYTHONPATH"] or ""
+    os.environ["_INTERP_SAFEPATH"] = saved["PYTHONSAFEPATH"] or ""
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        os.environ.pop("_INTERP_FORKSERVER", None)
-        os.environ.pop("_INTERP_PRELOAD", None)
+        for key in (
+            "_INTERP_FORKSERVER",
+            "_INTERP_PRELOAD",
+            "_INTERP_PYTHONPATH",
+            "_INTERP_SAFEPATH",
+        ):
+            os.environ.pop(key, None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -25,6 +25,17 @@ if os.environ.get("_INTERP_FORKSERVER") == "1":
     os.dup2(_null, 0)
     os.close(_null)
     os.dup2(2, 1)
+    # interp.launch started us with PYTHONSAFEPATH and our own PYTHONPATH (so the current
+    # folder was never on sys.path); the sessions' programs get the user's values back.
+    for _key, _saved in (
+        ("PYTHONPATH", "_INTERP_PYTHONPATH"),
+        ("PYTHONSAFEPATH", "_INTERP_SAFEPATH"),
+    ):
+        _value = os.environ.pop(_saved, "")
+        if _value:
+            os.environ[_key] = _value
+        else:
+            os.environ.pop(_key, None)
 
     import atexit
     import errno

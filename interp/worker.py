@@ -39,6 +39,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -280,6 +281,10 @@ class _Worker:
         folder = request.get("folder")
         confined = self._confine(folder)
         self.capture.start()
+        # The current folder (the workspace) importable, as in Jupyter; only now that the
+        # worker is confined (the forkserver itself never had it on sys.path).
+        if "" not in sys.path:
+            sys.path.insert(0, "")
         which = request.get("restore")
         if folder and which:
             from interp.snapshot import restore

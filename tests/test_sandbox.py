@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 import pytest
 from fastmcp import Client
+from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 
 from interp import sandbox, snapfiles
@@ -359,3 +360,23 @@ def test_server_side_snapshot_files_never_follow_a_planted_symlink(tmp_path: Pat
     snapfiles.remove_session_folder(root, "kid", snapfiles.fd_folder(fd))
     os.close(fd)
     assert (victim_dir / "file").read_text() == "keep"
+
+
+async def test_the_forkserver_imports_interp_from_where_the_server_lives(tmp_path: Path) -> None:
+    """3.11's forkserver puts its current folder first on sys.path: a server started in a
+    folder holding an `interp/` (the workspace, another checkout) imported that one,
+    unconfined. The workspace stays importable from cells, as in Jupyter."""
+    marker = tmp_path / "escaped"
+    here = tmp_path / "elsewhere"
+    (here / "interp").mkdir(parents=True)
+    (here / "interp" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    base = stdio_transport(tmp_path)
+    transport = StdioTransport(command=base.command, args=base.args, cwd=str(here),
+                               keep_alive=False)  # fmt: skip
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "workspace" / "mymod.py").write_text("ANSWER = 42\n")
+    async with Client(transport, timeout=60) as c:
+        assert (await run(c, "import mymod\nmymod.ANSWER"))["result"] == "42"
+        r = await run(c, "import os, sys\n(os.environ.get('PYTHONSAFEPATH'), sys.path[0])")
+        assert r["result"] == "(None, '')"
+    assert not marker.exists()
