@@ -205,10 +205,11 @@ class HealthMonitor:
         self._task = asyncio.create_task(self._run(), name="interp-health")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop sampling, and any recovery under way (the sessions are about to stop)."""
+        tasks = [t for t in (self._task, *self._recovering.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
