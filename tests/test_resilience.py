@@ -290,6 +290,7 @@ async def test_closing_every_fd_restarts_with_recovery(canary: Client) -> None:
     """Closing the worker's channel leaves it nothing to reply on: it exits, and the session
     restarts from its snapshot. The crashed cell's own `x` is gone with it."""
     await run(canary, "kept = 5")
+    await wait_snapshot(canary, "default", 1)  # on a loaded machine it could still be writing
     r = await run(canary, "import os\nos.closerange(0, 256)\nx = 1", timeout=20)
     assert r["status"] == "crashed" and r["restarted"]
     assert "kept" in r["recovery"]["restored"]
