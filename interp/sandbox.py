@@ -112,10 +112,10 @@ def prepare(extra: list[str]) -> list[tuple[str, AccessFS]]:
     rules: list[tuple[str, AccessFS]] = []
     for path in sorted(set(roots), key=len):
         if path != "/" and not any(_covers(r, path) for r, _ in rules):
-            rules.append((path, _READ_EXEC if os.path.isdir(path) else _READ_EXEC & _FILE_RIGHTS))
+            rules.append((path, _rights(path, _READ_EXEC)))
     for path in sorted(_mapped_files()):
         if os.path.isfile(path) and not any(_covers(r, path) for r, _ in rules):
-            rules.append((path, _READ_EXEC & _FILE_RIGHTS))
+            rules.append((path, _rights(path, _READ_EXEC)))
     _STATIC = rules
     return rules
 
@@ -222,7 +222,7 @@ def _confine(mode: str, abi: int, policy: dict[str, Any], threads: int) -> dict[
         # A read root holding a protected folder (a repository that holds the snapshots
         # folder, say) would open every session's snapshots: skipped.
         guarded = [os.path.realpath(p) for p in policy.get("protect", [])]
-        extra = [(os.path.realpath(p), _READ_EXEC) for p in policy.get("read", [])]
+        extra = [(os.path.realpath(p), _rights(p, _READ_EXEC)) for p in policy.get("read", [])]
         for path, access in [*static, *extra]:
             if any(_covers(path, g) or _covers(g, path) for g in guarded):
                 continue
@@ -266,10 +266,14 @@ def _confine(mode: str, abi: int, policy: dict[str, Any], threads: int) -> dict[
     )
 
 
+def _rights(path: str, access: AccessFS) -> AccessFS:
+    """`access` as a rule on path may hold it: one on a file with a directory right is
+    rejected by the kernel."""
+    return access if os.path.isdir(path) else access & _FILE_RIGHTS
+
+
 def _allow(rules: landlockpy.Ruleset, path: str, access: AccessFS) -> None:
-    if not os.path.isdir(path):
-        access &= _FILE_RIGHTS
-    rules.allow_path(path, access)
+    rules.allow_path(path, _rights(path, access))
 
 
 def private_environment(private: Path) -> dict[str, str]:

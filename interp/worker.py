@@ -159,8 +159,9 @@ def _forget_forkserver() -> None:
     multiprocessing.set_start_method("fork", force=True)
 
 
-def _enable_faulthandler(path: str) -> None:
-    fault_file = open(path, "w")  # noqa: SIM115 - must stay open for life
+def _enable_faulthandler(target: str | int) -> None:
+    """Fault traces to target, a path or an open fd (a fork cannot open the path)."""
+    fault_file = open(target, "w")  # noqa: SIM115 - must stay open for life
     faulthandler.enable(file=fault_file, all_threads=True)
 
 
@@ -330,7 +331,7 @@ class _Worker:
         self.conn.close()
         self.conn = Connection(chan)
         self.channel = _Channel(self.conn)
-        faulthandler.enable(file=open(fault, "w"), all_threads=True)  # noqa: SIM115 - for life
+        _enable_faulthandler(fault)
         # Still single-threaded here: a nested domain for the fork's own folder (which lies
         # inside the source's, the only place the source's domain lets it write).
         self.sandbox = None
