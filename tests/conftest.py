@@ -55,6 +55,12 @@ async def run(client: Client, code: str, **args: Any) -> dict[str, Any]:
     return r.structured_content
 
 
+async def session_info(client: Client, session_id: str = "default") -> dict[str, Any]:
+    """One session's entry of list_sessions."""
+    listing = await tool(client, "list_sessions")
+    return dict(next(s for s in listing["sessions"] if s["session_id"] == session_id))
+
+
 async def tool(client: Client, tool_name: str, /, **args: Any) -> dict[str, Any]:
     """A tool's structured result (positional name: a tool may take a `name` argument)."""
     r = await client.call_tool(tool_name, args)

@@ -18,7 +18,7 @@ from fastmcp.exceptions import ToolError
 
 from interp import sandbox
 from interp.server import create_server
-from tests.conftest import make_config, run, tool
+from tests.conftest import make_config, run, session_info
 
 
 def build_wheel(folder: Path, name: str, value: int) -> Path:
@@ -82,8 +82,7 @@ async def test_local_wheel_installs_and_a_live_session_imports_it(
     after = await run(c, f"import {name}\n{name}.VALUE")  # same worker, no restart
     assert after["result"] == "42" and not after["restarted"]
     # ... and that worker is confined (where the kernel has Landlock).
-    listing = await tool(c, "list_sessions")
-    me = next(s for s in listing["sessions"] if s["session_id"] == "default")
+    me = await session_info(c)
     assert me["sandbox"]["enforced"] is (sandbox.kernel_abi() >= 1)
 
 

@@ -27,6 +27,7 @@ from tests.conftest import (
     alive,
     free_port,
     run,
+    session_info,
     start_http_server,
     stdio_transport,
     tool,
@@ -38,11 +39,6 @@ __all__ = ["canary"]  # a fixture: imported so pytest finds it here
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-async def session_info(client: Client, session_id: str = "default") -> dict[str, Any]:
-    listing = await tool(client, "list_sessions")
-    return next(s for s in listing["sessions"] if s["session_id"] == session_id)
 
 
 async def wait_snapshot(client: Client, session_id: str, cell: int) -> None:

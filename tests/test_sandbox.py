@@ -19,7 +19,7 @@ from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 
 from interp import sandbox, snapfiles
-from tests.conftest import run, stdio_transport, tool
+from tests.conftest import run, session_info, stdio_transport, tool
 
 ABI = sandbox.kernel_abi()
 needs_landlock = pytest.mark.skipif(ABI < 6, reason=f"Landlock ABI {ABI} < 6 in this kernel")
@@ -54,11 +54,6 @@ def listening_paths(pid: int) -> list[str]:
     return [row[7] for row in rows if len(row) >= 8 and row[6] in inodes]
 
 
-async def info(c: Client, session_id: str) -> dict[str, Any]:
-    listing = await tool(c, "list_sessions")
-    return next(s for s in listing["sessions"] if s["session_id"] == session_id)
-
-
 @needs_landlock
 async def test_a_session_cannot_reach_outside_or_harm_others(tmp_path: Path) -> None:
     secret = tmp_path / "home" / ".ssh" / "id_rsa"  # a ~/.ssh outside every allowed folder
@@ -66,11 +61,11 @@ async def test_a_session_cannot_reach_outside_or_harm_others(tmp_path: Path) -> 
     secret.write_text("PRIVATE KEY")
     real_home = pwd.getpwuid(os.getuid()).pw_dir
     async with Client(stdio_transport(tmp_path), timeout=60) as c:
-        server = psutil.Process(forkserver_of(await info(c, "default"))).ppid()
+        server = psutil.Process(forkserver_of(await session_info(c, "default"))).ppid()
         await c.call_tool("create_session", {"session_id": "canary"})
         await run(c, "bird = 'alive'", session_id="canary")
-        bird = (await info(c, "canary"))["pid"]
-        forkserver = forkserver_of(await info(c, "default"))
+        bird = (await session_info(c, "canary"))["pid"]
+        forkserver = forkserver_of(await session_info(c, "default"))
         canary_folder = tmp_path / "snapshots" / "canary"
 
         # Files: nothing outside the workspace and the session's own folder.
@@ -121,7 +116,7 @@ async def test_a_session_cannot_reach_outside_or_harm_others(tmp_path: Path) -> 
         # Everyone is unharmed.
         assert psutil.pid_exists(forkserver) and psutil.Process(server).is_running()
         assert (await run(c, "bird", session_id="canary"))["result"] == "'alive'"
-        assert (await info(c, "canary"))["pid"] == bird
+        assert (await session_info(c, "canary"))["pid"] == bird
         assert (await tool(c, "ping"))["ok"] is True
         assert secret.read_text() == "PRIVATE KEY"
 
@@ -166,7 +161,7 @@ async def test_the_forkserver_serves_only_the_server(tmp_path: Path) -> None:
         b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR."
     )  # pickle protocol 0: os.system("touch ...")
     async with Client(stdio_transport(tmp_path), timeout=60) as c:
-        forkserver = forkserver_of(await info(c, "default"))
+        forkserver = forkserver_of(await session_info(c, "default"))
         paths = listening_paths(forkserver)
         assert paths, "the forkserver's socket was not found"
         r = await run(c, FORKSERVER_CLIENT.format(payload=payload, paths=paths))
@@ -205,7 +200,7 @@ plt.savefig("plot.png")
         # Temp and home folders live in the session's own folder.
         assert home == str(tmp_path / "snapshots" / "default" / "home")
         assert (tmp_path / "workspace" / "plot.png").stat().st_size > 0
-        me = await info(c, "default")
+        me = await session_info(c, "default")
         assert me["sandbox"]["enforced"] is True and me["sandbox"]["abi"] == ABI
         assert me["sandbox"]["signals"] is True and me["sandbox"]["network"] == "allowed"
         ws = await tool(c, "get_workspace_info")
@@ -228,7 +223,7 @@ async def test_a_fork_is_confined_and_keeps_working_after_its_source_goes(
         assert await attempt(c, f"open({str(root / 'other' / 'session.json')!r})", "kid") == (
             "PermissionError"
         )
-        assert (await info(c, "kid"))["sandbox"]["enforced"] is True
+        assert (await session_info(c, "kid"))["sandbox"]["enforced"] is True
         # The source goes; its folder stays, holding only the fork's.
         await c.call_tool("delete_session", {"session_id": "src"})
         assert sorted(os.listdir(root / "src")) == ["forks"]
@@ -256,7 +251,7 @@ async def test_a_fork_survives_a_server_restart(tmp_path: Path) -> None:
     async with Client(stdio_transport(tmp_path), timeout=60) as c:
         assert (await run(c, "x", session_id="kid"))["result"] == "2"
         assert (await run(c, "x", session_id="src"))["result"] == "1"
-        assert (await info(c, "kid"))["sandbox"]["enforced"] is True
+        assert (await session_info(c, "kid"))["sandbox"]["enforced"] is True
 
 
 @needs_landlock
@@ -296,7 +291,7 @@ async def test_deny_network_refuses_tcp(tmp_path: Path) -> None:
     bind = "__import__('socket').socket().bind(('127.0.0.1', 0))"
     connect = "__import__('socket').create_connection(('127.0.0.1', 9), timeout=2)"
     async with Client(stdio_transport(tmp_path, "--deny-network"), timeout=60) as c:
-        me = await info(c, "default")
+        me = await session_info(c, "default")
         assert me["sandbox"]["network"].startswith("denied")
         assert await attempt(c, bind) == "PermissionError"
         assert await attempt(c, connect) == "PermissionError"
@@ -307,7 +302,7 @@ async def test_deny_network_refuses_tcp(tmp_path: Path) -> None:
 
 async def test_sandbox_off_says_so(tmp_path: Path) -> None:
     async with Client(stdio_transport(tmp_path, "--sandbox", "off"), timeout=60) as c:
-        me = await info(c, "default")
+        me = await session_info(c, "default")
         assert me["sandbox"]["enforced"] is False and "not confined" in me["sandbox"]["note"]
         r = await c.call_tool("get_workspace_info", {})
         assert r.structured_content is not None

@@ -21,7 +21,15 @@ from interp import snapfiles
 from interp.config import Config, Limits
 from interp.server import create_server
 from interp.snapshot import restore
-from tests.conftest import ROOT, alive, make_config, run, wait_until, worker_pids
+from tests.conftest import (
+    ROOT,
+    alive,
+    make_config,
+    run,
+    session_info,
+    wait_until,
+    worker_pids,
+)
 
 EVERY_KIND = """
 import dataclasses, functools, threading, numpy as np, pandas as pd
@@ -92,12 +100,6 @@ async def snapshot_covers(client: Client, cell: int, session_id: str = "default"
         return bool(snap) and (snap["execution_count"] or 0) >= cell
 
     await wait_until(done, timeout=20)
-
-
-async def session_info(client: Client, session_id: str = "default") -> dict[str, Any]:
-    r = await client.call_tool("list_sessions", {})
-    infos = r.structured_content["sessions"]  # type: ignore[index]
-    return dict(next(s for s in infos if s["session_id"] == session_id))
 
 
 async def newer_snapshot(client: Client, seq: int) -> bool:
