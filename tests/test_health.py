@@ -68,9 +68,11 @@ async def test_a_worker_dead_while_idle_is_replaced_without_a_call(client: Clien
     victim = row(await health(client), "default")["pid"]
     os.kill(victim, signal.SIGKILL)
 
-    async def replaced() -> bool:
-        r = row(await health(client), "default")
-        return r["pid"] not in (None, victim) and r["restarts"] == 1
+    async def replaced() -> bool:  # the new worker shows before its restore is logged
+        h = await health(client, session_id="default")
+        r = row(h, "default")
+        restored = any(e["kind"] == "restore" for e in h["events"])
+        return r["pid"] not in (None, victim) and r["restarts"] == 1 and restored
 
     await wait_until(replaced, timeout=15)  # nobody called the session
     events = (await health(client, session_id="default"))["events"]
