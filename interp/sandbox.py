@@ -102,22 +102,37 @@ _STATIC: list[tuple[str, AccessFS]] | None = None
 
 
 def prepare(extra: list[str]) -> list[tuple[str, AccessFS]]:
-    """The read-only rules: real paths, none under another. The forkserver computes them
-    once for every worker (resolving ~50 paths in each cost 3 ms a session)."""
+    """The read-only rules as real paths, shortest first. The forkserver computes them once
+    for every worker (resolving ~50 paths in each cost 3 ms a session).
+
+    Nothing is folded into a parent here: a parent may be dropped later (`_confine` skips a
+    root that holds the snapshots folder), and what it covered must then stand on its own.
+    In the default layout the repository root is on the import path and holds `.venv`,
+    `workspace/` and `snapshots/`: folding `.venv` into the root, then dropping the root,
+    left sessions unable to import anything installed."""
     global _STATIC
-    roots: list[str] = []
-    for path in _read_roots(extra):
-        if os.path.exists(path):
-            roots.append(os.path.realpath(path))
-    rules: list[tuple[str, AccessFS]] = []
-    for path in sorted(set(roots), key=len):
-        if path != "/" and not any(_covers(r, path) for r, _ in rules):
-            rules.append((path, _rights(path, _READ_EXEC)))
-    for path in sorted(_mapped_files()):
-        if os.path.isfile(path) and not any(_covers(r, path) for r, _ in rules):
-            rules.append((path, _rights(path, _READ_EXEC)))
-    _STATIC = rules
-    return rules
+    roots = {os.path.realpath(p) for p in _read_roots(extra) if os.path.exists(p)}
+    roots |= {p for p in _mapped_files() if os.path.isfile(p)}
+    roots.discard("/")
+    _STATIC = [(path, _rights(path, _READ_EXEC)) for path in sorted(roots, key=len)]
+    return _STATIC
+
+
+def _minimal(rules: list[tuple[str, AccessFS]], guarded: list[str]) -> list[tuple[str, AccessFS]]:
+    """`rules` less any that hold a guarded folder or lie inside one, then less any that a
+    kept rule already covers (the kernel would grant them anyway)."""
+    kept: dict[str, AccessFS] = {}
+    for path, access in sorted(rules, key=lambda rule: len(rule[0])):
+        if any(_covers(path, g) or _covers(g, path) for g in guarded):
+            continue
+        # Its ancestors, not every kept rule: a few hundred mapped libraries stay cheap.
+        parent, covered = path, path in kept
+        while not covered and "/" in parent[1:]:
+            parent = parent.rpartition("/")[0]
+            covered = parent in kept
+        if not covered:
+            kept[path] = access
+    return list(kept.items())
 
 
 def _mapped_files() -> set[str]:
@@ -220,12 +235,11 @@ def _confine(mode: str, abi: int, policy: dict[str, Any], threads: int) -> dict[
         handled = rules.handled_fs
         static = _STATIC if _STATIC is not None else prepare([])
         # A read root holding a protected folder (a repository that holds the snapshots
-        # folder, say) would open every session's snapshots: skipped.
+        # folder, say) would open every session's snapshots: skipped, and what it held
+        # (the repository's .venv, interp/) keeps rules of its own.
         guarded = [os.path.realpath(p) for p in policy.get("protect", [])]
         extra = [(os.path.realpath(p), _rights(p, _READ_EXEC)) for p in policy.get("read", [])]
-        for path, access in [*static, *extra]:
-            if any(_covers(path, g) or _covers(g, path) for g in guarded):
-                continue
+        for path, access in _minimal([*static, *extra], guarded):
             with contextlib.suppress(FileNotFoundError):
                 rules.allow_path(path, access)
         for device in _DEVICES:
@@ -286,6 +300,7 @@ def private_environment(private: Path) -> dict[str, str]:
         "XDG_CONFIG_HOME": str(home / ".config"),
         "XDG_DATA_HOME": str(home / ".local" / "share"),
         "MPLCONFIGDIR": str(home / ".config" / "matplotlib"),
+        "IPYTHONDIR": str(home / ".ipython"),
     }
     for key in ("TMPDIR", "HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)

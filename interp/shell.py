@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import io
 import os
 import re
 import reprlib
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -219,6 +221,39 @@ class WorkerShell(InteractiveShell):
     def enable_gui(self, gui: Any = None) -> None:
         pass  # no event loop in a worker
 
+    def system(self, cmd: str) -> None:
+        """``!cmd``: run through the shell on the worker's own fds, without a terminal.
+
+        IPython runs it under pexpect on a pseudo-terminal, which the sandbox does not offer
+        (opening ``/dev/pts`` would also open the user's own terminals). The capture reads
+        fds 1 and 2, so the command's output lands in the cell, in order with its prints."""
+        if cmd.rstrip().endswith("&"):  # as IPython: nothing would wait for it
+            raise OSError("Background processes are not supported by !cmd; use subprocess.")
+        expanded = self.var_expand(cmd, depth=1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        code = subprocess.call(
+            expanded, shell=True, executable=_system_shell(), stdin=subprocess.DEVNULL
+        )
+        code = -(code - 128) if code > 128 else code  # IPython's convention: -N for signal N
+        self.user_ns["_exit_code"] = code
+        if self.system_raise_on_error and code != 0:
+            raise subprocess.CalledProcessError(code, cmd)
+
+    def getoutput(self, cmd: str, split: bool = True, depth: int = 0) -> Any:
+        """``x = !cmd`` and ``%sx``: pipes, not IPython's pseudo-terminal (see `system`)."""
+        from IPython.utils._process_common import get_output_error_code
+        from IPython.utils.text import LSString, SList
+
+        if cmd.rstrip().endswith("&"):
+            raise OSError("Background processes are not supported by !cmd; use subprocess.")
+        out, err, code = get_output_error_code(self.var_expand(cmd, depth=depth + 1))
+        self.user_ns["_exit_code"] = code
+        if self.system_raise_on_error and code != 0:
+            raise subprocess.CalledProcessError(code or 0, cmd)
+        text = out + err
+        return SList(text.splitlines()) if split else LSString(text)
+
     def ask_exit(self) -> None:
         # exit()/quit() in a cell: the session outlives it. Say so rather than ignore it.
         sys.stderr.write("exit() ignored: use restart_kernel or delete_session to end a session.\n")
@@ -288,6 +323,25 @@ def _short_previews(shell: InteractiveShell) -> None:
     plain.for_type_by_name("numpy", "ndarray", numpy_text)
 
 
+def _system_shell() -> str:
+    """The user's $SHELL where this process can run it, else /bin/sh."""
+    candidate = os.environ.get("SHELL", "")
+    return candidate if candidate and os.access(candidate, os.X_OK) else "/bin/sh"
+
+
+def use_home(shell: InteractiveShell, home: str) -> None:
+    """Move IPython's folder (its profile and the ``db`` that module completion caches in)
+    into the session's own HOME. The forkserver computed it from the server's HOME, which a
+    confined session cannot write: completing ``import jso`` then failed there and IPython
+    printed the PermissionError into the next cell's stderr."""
+    from IPython.core.profiledir import ProfileDir
+
+    ipython_dir = os.path.join(home, ".ipython")
+    shell.ipython_dir = ipython_dir
+    shell.profile_dir = ProfileDir.create_profile_dir_by_name(ipython_dir, "default")
+    shell._db = None  # built again, lazily, in the new profile  # type: ignore[attr-defined]
+
+
 def _no_input(*args: Any, **kwargs: Any) -> str:
     raise RuntimeError(
         "input() is not available: an interp session has no terminal. "
@@ -334,7 +388,9 @@ def build_shell() -> WorkerShell:
 def complete(shell: InteractiveShell, code: str, cursor_pos: int) -> dict[str, Any]:
     from IPython.core.completer import provisionalcompleter, rectify_completions
 
-    with provisionalcompleter():
+    # IPython prints a failing matcher's traceback to stderr, and the capture would hand it
+    # to the next cell: what completion says goes nowhere but its own reply.
+    with provisionalcompleter(), contextlib.redirect_stderr(io.StringIO()):
         raw = shell.Completer.completions(code, cursor_pos)
         completions = list(rectify_completions(code, raw))
     items = [
@@ -356,7 +412,8 @@ def inspect(shell: InteractiveShell, code: str, cursor_pos: int, detail: int) ->
 
     name = token_at_cursor(code, cursor_pos)
     try:
-        bundle = shell.object_inspect_mime(name, detail_level=detail)
+        with contextlib.redirect_stderr(io.StringIO()):  # as in `complete`
+            bundle = shell.object_inspect_mime(name, detail_level=detail)
     except KeyError:
         return {"found": False, "name": name, "text": ""}
     text = strip_ansi(str(bundle.get("text/plain", "")))

@@ -244,6 +244,8 @@ class _Worker:
         shell = self.shell
         if op == protocol.OP_EXEC:
             reply = _execute(shell, self.capture, request, self.opts)
+            if self.sandbox and self.sandbox.get("enforced"):
+                reply["image_notes"].extend(_sandbox_hint(reply["error"]))
             reply["changed"], reply["touched"] = self.snap.after_cell(request["code"])
             return reply
         if op == protocol.OP_COMPLETE:
@@ -266,6 +268,8 @@ class _Worker:
 
     def _confine(self, folder: str | None) -> dict[str, Any]:
         """Confine this worker to the workspace and the session's folder (once)."""
+        from interp import shell as shell_mod
+
         if self.sandbox is None:
             private = os.path.realpath(folder) if folder else None
             policy = {**self.opts["sandbox"], "workspace": self.opts["workspace"]}
@@ -273,6 +277,8 @@ class _Worker:
             self.sandbox = sandbox.apply(policy)  # OSError in mode "landlock": no user code
             if self.sandbox["enforced"] and private:
                 sandbox.use_private_environment(Path(private))
+                shell_mod.use_home(self.shell, os.environ["HOME"])
+            _drop_unreadable_paths()
         return self.sandbox
 
     def _attach(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -354,6 +360,43 @@ class _Worker:
         self.snap.start()  # the fork's own first snapshot, so it survives a crash too
         self.serve()
         os._exit(0)
+
+
+#: What a confined session is told when an error looks like the sandbox's refusal.
+SANDBOX_HINT = (
+    "the sandbox may have refused this: a session can read the Python installation, its "
+    "packages and the system folders, and write only the workspace and its own TMPDIR and "
+    "HOME; it gets no terminal (pty). get_workspace_info shows what is in force"
+)
+
+
+def _sandbox_hint(error: dict[str, Any] | None) -> list[str]:
+    """[SANDBOX_HINT] for a permission error or a refused terminal, else []."""
+    if not error:
+        return []
+    name, value = error.get("ename"), str(error.get("evalue", ""))
+    if name == "PermissionError" or (name == "OSError" and "pty" in value):
+        return [SANDBOX_HINT]
+    return []
+
+
+def _drop_unreadable_paths() -> None:
+    """Import-path entries the sandbox shut leave sys.path: the repository root is on it
+    (the forkserver's PYTHONPATH) but holds every session's snapshots, and a finder cached
+    for it would answer an import with PermissionError instead of looking further. Landlock
+    checks at open, not in access(2): so open each entry to see."""
+    kept = []
+    for entry in sys.path:
+        try:
+            if entry:
+                os.close(os.open(entry, os.O_RDONLY))
+        except PermissionError:
+            sys.path_importer_cache.pop(entry, None)
+            continue
+        except OSError:
+            pass  # missing entries were harmless before and stay as they were
+        kept.append(entry)
+    sys.path[:] = kept
 
 
 def _receive_fds(conn: Connection, count: int, timeout: float = 10.0) -> list[int]:

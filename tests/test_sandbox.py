@@ -9,6 +9,7 @@ import contextlib
 import os
 import pwd
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 
 from interp import sandbox, snapfiles
-from tests.conftest import run, session_info, stdio_transport, tool
+from tests.conftest import MAIN, run, session_info, stdio_transport, tool
 
 ABI = sandbox.kernel_abi()
 needs_landlock = pytest.mark.skipif(ABI < 6, reason=f"Landlock ABI {ABI} < 6 in this kernel")
@@ -375,3 +376,85 @@ async def test_the_forkserver_imports_interp_from_where_the_server_lives(tmp_pat
         r = await run(c, "import os, sys\n(os.environ.get('PYTHONSAFEPATH'), sys.path[0])")
         assert r["result"] == "(None, '')"
     assert not marker.exists()
+
+
+def test_a_read_root_dropped_for_the_snapshots_keeps_what_it_held() -> None:
+    """The default layout: the repository root is on the import path and holds `.venv`,
+    `interp/` and `snapshots/`. The root goes (it would open every session's snapshots);
+    what it held must still get rules of its own, and nothing inside the snapshots."""
+    ro = sandbox._READ_EXEC
+    rules = [("/r", ro), ("/r/.venv", ro), ("/r/.venv/lib/site", ro), ("/r/interp", ro),
+             ("/r/snapshots/x", ro), ("/usr", ro), ("/usr/lib/libc.so", ro)]  # fmt: skip
+    kept = [path for path, _ in sandbox._minimal(rules, ["/r/snapshots"])]
+    assert kept == ["/usr", "/r/.venv", "/r/interp"]
+
+
+@needs_landlock
+async def test_packages_beside_the_snapshots_folder_import(tmp_path: Path) -> None:
+    """As in a checkout run with its defaults: a folder on the import path holds both the
+    packages (like `.venv`) and the snapshots. Sessions import the packages, and still read
+    neither the folder's other files nor the snapshots folder."""
+    project = tmp_path / "project"
+    lib = project / "lib"
+    (lib / "localpkg").mkdir(parents=True)
+    (lib / "localpkg" / "__init__.py").write_text("VALUE = 'from lib'\n")
+    (project / "notes.txt").write_text("not for sessions")
+    transport = StdioTransport(
+        command=sys.executable,
+        args=[
+            MAIN,
+            "--stdio",
+            "--workspace",
+            str(project / "workspace"),
+            "--snapshots",
+            str(project / "snapshots"),
+        ],
+        env={**os.environ, "PYTHONPATH": f"{project}{os.pathsep}{lib}"},
+        keep_alive=False,
+    )
+    async with Client(transport, timeout=60) as c:
+        r = await run(c, "import localpkg\nlocalpkg.VALUE")
+        assert r["result"] == "'from lib'", r
+        assert await attempt(c, f"open({str(project / 'notes.txt')!r}).read()") == (
+            "PermissionError"
+        )
+        snaps = str(project / "snapshots")
+        assert await attempt(c, f"__import__('os').listdir({snaps!r})") == "PermissionError"
+        # The refusal says where it comes from.
+        r = await run(c, f"open({str(project / 'notes.txt')!r})")
+        assert r["error"]["ename"] == "PermissionError"
+        assert any("sandbox" in n for n in r["notices"]), r
+
+
+@needs_landlock
+async def test_shell_commands_run_confined(tmp_path: Path) -> None:
+    """`!cmd` used a pseudo-terminal, which the sandbox does not offer ("out of pty
+    devices"): it now runs on the worker's fds, output in order with the cell's prints."""
+    code = "print('before')\n!echo hi; echo err >&2\nfiles = !ls\nprint('after', _exit_code)"
+    async with Client(stdio_transport(tmp_path), timeout=60) as c:
+        await run(c, "open('a.txt', 'w').close()")
+        r = await run(c, code)
+        assert r["status"] == "ok", r
+        assert r["stdout"] == "before\nhi\nafter 0\n"
+        assert r["stderr"] == "err\n"
+        assert (await run(c, "files"))["result"] == "['a.txt']"
+        r = await run(c, "!exit 3\n_exit_code")
+        assert r["result"] == "3"
+        r = await run(c, "import os\nos.openpty()")
+        assert r["error"]["ename"] in ("PermissionError", "OSError")
+        assert any("sandbox" in n for n in r["notices"]), r
+
+
+@needs_landlock
+async def test_completion_writes_nothing_outside_and_prints_nothing_later(
+    tmp_path: Path,
+) -> None:
+    """Completing `import jso` made IPython build its database under the server's HOME,
+    which the sandbox refuses; the PermissionError then showed in the next cell's stderr."""
+    async with Client(stdio_transport(tmp_path), timeout=60) as c:
+        r = await tool(c, "code_completion", code="import jso", cursor_pos=10)
+        assert "json" in r["matches"]
+        r = await run(c, "print('x')\nimport IPython\nget_ipython().profile_dir.location")
+        assert (r["stdout"], r["stderr"]) == ("x\n", "")
+        home = tmp_path / "snapshots" / "default" / "home"
+        assert r["result"] == repr(str(home / ".ipython" / "profile_default"))
