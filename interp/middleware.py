@@ -124,7 +124,7 @@ class ErrorBoundary(Middleware):
         failed = known = True
         try:
             result = await call_next(context)
-            failed = False
+            failed = bool(getattr(result, "is_error", False))  # e.g. a failed install
             return result
         except InterpError as exc:
             log.info("refused: %s", exc)
