@@ -2,12 +2,14 @@
 
 - `InterpError` becomes a short tool error the agent can act on.
 - Argument validation errors become one line per bad argument (no pydantic URLs).
+- A call to a tool that does not exist names it and the tools there are.
 - Anything unexpected is logged with its traceback and reaches the client as a generic
   message with a reference, never server paths or internals.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import secrets
 import time
@@ -15,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastmcp.exceptions import FastMCPError, ToolError
+from fastmcp.exceptions import DisabledError, FastMCPError, NotFoundError, ToolError
 from fastmcp.exceptions import ValidationError as FastMCPValidationError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from pydantic import ValidationError
@@ -89,6 +91,24 @@ class ErrorBoundary(Middleware):
             "Your sessions are unaffected; retry, or report the ref."
         )
 
+    @staticmethod
+    async def _unknown_tool(context: MiddlewareContext, name: str) -> ToolError | None:
+        """`Unknown tool: 'x'. Available tools: ...`, or None if a tool has that name."""
+        ctx = context.fastmcp_context
+        if ctx is None:
+            return None
+        try:
+            names = sorted({t.name for t in await ctx.fastmcp.list_tools(run_middleware=False)})
+        except Exception:
+            return None  # reported as unexpected, with the original error
+        if name in names:
+            return None
+        shown = clean(repr(name[:100]))
+        log.info("unknown tool %s", shown)
+        near = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        return ToolError(f"Unknown tool: {shown}{hint}. Available tools: {', '.join(names)}")
+
     async def on_call_tool(self, context: MiddlewareContext, call_next: CallNext) -> Any:
         name = context.message.name
         args = context.message.arguments or {}
@@ -101,10 +121,10 @@ class ErrorBoundary(Middleware):
             logs.session_name.set(str(sid)[:64]),
         )
         started = time.perf_counter()
-        failed = True
+        failed = known = True
         try:
             result = await call_next(context)
-            failed = False
+            failed = bool(getattr(result, "is_error", False))  # e.g. a failed install
             return result
         except InterpError as exc:
             log.info("refused: %s", exc)
@@ -113,6 +133,12 @@ class ErrorBoundary(Middleware):
             message = describe_validation(name, exc)
             log.info("%s", message)
             raise ToolError(clean(message)) from None
+        except (NotFoundError, DisabledError) as exc:  # fastmcp: no tool by that name
+            unknown = await self._unknown_tool(context, name)
+            if unknown is None:  # raised from inside a tool that exists
+                raise self._unexpected(name, exc) from None
+            known = False  # made-up names stay out of the per-tool timings
+            raise unknown from None
         except ToolError as exc:
             cause = exc.__cause__
             if cause is None or isinstance(cause, FastMCPError):
@@ -122,7 +148,8 @@ class ErrorBoundary(Middleware):
             raise self._unexpected(name, exc) from None
         finally:
             ms = (time.perf_counter() - started) * 1000
-            self.stats.record(name, ms, failed)
+            if known:
+                self.stats.record(name, ms, failed)
             log.debug("%s %s in %.1f ms", name, "failed" if failed else "ok", ms)
             logs.request_id.reset(tokens[0])
             logs.tool_name.reset(tokens[1])

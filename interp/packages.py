@@ -14,6 +14,7 @@ invalidates the import system's caches (`interp.session` passes the install coun
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import shutil
@@ -112,14 +113,14 @@ async def install(
         start_new_session=True,  # its own group: a timeout kills pip's children too
         env=env,
     )
-    kept = {"stdout": "", "stderr": ""}
+    kept = {"stdout": _Tail(max_chars), "stderr": _Tail(max_chars)}
 
     async def pump(name: str, stream: asyncio.StreamReader | None) -> None:
         if stream is None:
             return
         async for raw in stream:
             line = raw.decode("utf-8", "replace")
-            kept[name] = (kept[name] + line)[-max_chars:]
+            kept[name].add(line)
             if on_line is not None:
                 with contextlib.suppress(Exception):  # progress is a courtesy
                     await on_line(line.rstrip())
@@ -138,5 +139,115 @@ async def install(
         if isinstance(exc, asyncio.CancelledError):
             raise
         code = None
-        kept["stderr"] += f"\n[interp: the installer ran past {timeout:g} s and was killed]"
-    return InstallResult(code, kept["stdout"], kept["stderr"], time.monotonic() - started, cmd)
+        kept["stderr"].add(f"\n{KILLED.format(timeout=timeout)}\n")
+    out, err = kept["stdout"].text(), kept["stderr"].text()
+    return InstallResult(code, out, err, time.monotonic() - started, cmd)
+
+
+KILLED = "[interp: the installer ran past {timeout:g} s and was killed]"
+
+
+class _Tail:
+    """The last lines of a stream, whole, within max_chars; says how many were dropped."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.lines: collections.deque[str] = collections.deque()
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, line: str) -> None:
+        line = line[-self.max_chars :]  # a single line over the cap keeps its end
+        self.lines.append(line)
+        self.size += len(line)
+        while self.size > self.max_chars:
+            self.size -= len(self.lines.popleft())
+            self.dropped += 1
+
+    def text(self) -> str:
+        body = "".join(self.lines)
+        if not self.dropped:
+            return body
+        return f"[interp: {self.dropped} earlier lines cut]\n{body}"
+
+
+#: What a failed install's output says, and what to do about it: (lower-case clues, way out).
+_WAYS_OUT = [
+    (
+        (
+            "no matching distribution",
+            "could not find a version",
+            "not found in the package registry",
+            "no solution found",
+            "no versions of",
+            "because there are no versions",
+        ),
+        "check the package name and the version asked for: no release of it matches (for this "
+        "Python, or in the wheels this server installs from); the import name can differ from "
+        "the package name (sklearn is scikit-learn)",
+    ),
+    (
+        ("no such file or directory", "does not exist", "is not a valid path"),
+        "check the path: the file must exist on the server, at that absolute path",
+    ),
+    (
+        ("is invalid", "is not a valid wheel", "not a zip file", "badzipfile", "invalid wheel"),
+        "the wheel file is damaged or not a wheel: build or download it again",
+    ),
+    (
+        (
+            "failed to establish a new connection",
+            "name resolution",
+            "network is unreachable",
+            "connection refused",
+            "max retries exceeded",
+            "failed to fetch",
+            "dns error",
+        ),
+        "the package index could not be reached from the server: retry later, or run the server "
+        "with --find-links DIR (a folder of wheels) and --no-index",
+    ),
+    (
+        ("resolutionimpossible", "conflicting dependencies", "requirements are unsatisfiable"),
+        "the requirements conflict with each other or with what is installed: relax the version "
+        "constraints",
+    ),
+    (
+        (
+            "failed building wheel",
+            "subprocess-exited-with-error",
+            "failed to build",
+            "metadata-generation-failed",
+        ),
+        "it had to be built from source and the build failed: pick a version that ships a wheel "
+        "for this Python and platform",
+    ),
+    (
+        ("permission denied", "externally-managed-environment", "read-only file system"),
+        "the server's Python environment is not writable: ask whoever runs the server",
+    ),
+]
+
+
+def explain_failure(result: InstallResult, timeout: float) -> tuple[str, str]:
+    """(reason, way out) of a failed install: the installer's last error line, and advice."""
+    if result.returncode is None:
+        return (
+            f"the installer ran past the {timeout:g} s timeout and was stopped",
+            "retry with a larger timeout, or fewer packages per call",
+        )
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith("error:")]
+    if errors:
+        reason = errors[-1].split(":", 1)[1].strip()
+    elif lines:
+        reason = lines[-1]
+    else:
+        reason = f"the installer exited with code {result.returncode} and printed no error"
+    if len(reason) > 300:
+        reason = reason[:300].rsplit(" ", 1)[0] + " …"
+    clues = "\n".join(errors or lines[-20:]).lower()
+    for words, way_out in _WAYS_OUT:
+        if any(w in clues for w in words):
+            return reason, way_out
+    return reason, "read the installer's output below, change the requirements, and retry"

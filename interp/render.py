@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.models import ExecResult, HealthResult
+from interp.models import ExecResult, HealthResult, InstallResult
 
 
 def exec_text(r: ExecResult) -> str:
@@ -87,3 +87,40 @@ def health_text(h: HealthResult) -> str:
     )
     lines += [f"  {e.kind}: {e.session_id or '-'}: {e.message}" for e in h.events[-5:]]
     return "\n".join(lines)
+
+
+def tail_lines(text: str, max_chars: int) -> str:
+    """The end of text in whole lines within about max_chars, after a line saying how many
+    earlier lines are not shown. A last line longer than that keeps its end from a word."""
+    lines = text.rstrip("\n").splitlines()
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        if used + len(line) + 1 > max_chars:
+            break
+        kept.append(line)
+        used += len(line) + 1
+    kept.reverse()
+    if not kept and lines:
+        end = lines[-1][-max_chars:]
+        kept = ["… " + (end.split(" ", 1)[1] if " " in end[: max_chars // 4] else end)]
+        dropped = len(lines) - 1
+    else:
+        dropped = len(lines) - len(kept)
+    if dropped:
+        kept.insert(0, f"[… {dropped} earlier line{'s' if dropped > 1 else ''} not shown]")
+    return "\n".join(kept)
+
+
+def install_text(r: InstallResult, failure: tuple[str, str] | None, max_chars: int = 1500) -> str:
+    """Verdict first; for a failure the installer's one-line reason and the way out; then
+    the end of its output (stderr for a failure, stdout otherwise) in whole lines."""
+    packages = ", ".join(r.requirements)
+    if failure is None:
+        head = f"installed with {r.installer} in {r.duration_s:.1f} s: {packages}"
+        return "\n".join(filter(None, [head, tail_lines(r.stdout, max_chars)]))
+    how = "stopped by the timeout" if r.returncode is None else f"exit {r.returncode}"
+    reason, way_out = failure
+    head = f"install failed ({how}): {packages}\nreason: {reason}\nway out: {way_out}"
+    output = r.stderr if r.stderr.strip() else r.stdout
+    return f"{head}\n--- {r.installer} output, end ---\n" + tail_lines(output, max_chars)

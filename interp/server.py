@@ -74,7 +74,7 @@ from interp.models import (
     clean,
     lean_schema,
 )
-from interp.packages import MAX_PACKAGES, Installer, install, parse
+from interp.packages import MAX_PACKAGES, Installer, explain_failure, install, parse
 from interp.scripts import script_path
 from interp.session import ExecOutcome, Session
 from interp.workspace import MAX_PATH, Workspace, relative
@@ -155,9 +155,12 @@ class ServerState:
         return self.manager
 
 
-def _result(model: BaseModel, text: str, extra: list[ContentBlock] | None = None) -> ToolResult:
+def _result(
+    model: BaseModel, text: str, extra: list[ContentBlock] | None = None, error: bool = False
+) -> ToolResult:
     content: list[ContentBlock] = [TextContent(type="text", text=clean(text)), *(extra or [])]
-    return ToolResult(content=content, structured_content=clean(model.model_dump(mode="json")))
+    structured = clean(model.model_dump(mode="json"))
+    return ToolResult(content=content, structured_content=structured, is_error=error)
 
 
 def _exec_result(outcome: ExecOutcome, execution_id: str) -> ToolResult:
@@ -1038,7 +1041,8 @@ def create_server(config: Config) -> FastMCP:
         ] = config.install_timeout,
     ) -> ToolResult:
         """Install packages into the environment every session runs in (uv pip if present,
-        else pip). Running sessions can import them at once, without a restart."""
+        else pip). Running sessions can import them at once, without a restart. A failure is
+        an error result: the installer's reason, a way out, and the end of its output."""
         requirements = parse(packages, config.install_allow_urls)
         started = time.monotonic()
         last = [0.0]
@@ -1061,9 +1065,10 @@ def create_server(config: Config) -> FastMCP:
             installer="uv pip" if "uv" in Path(result.command[0]).name else "pip",
             duration_s=round(result.duration, 3),
         )
-        verdict = "installed" if result.returncode == 0 else f"failed ({result.returncode})"
-        tail = (result.stderr if result.returncode else result.stdout).strip()[-1500:]
-        return _result(model, f"{verdict}: {', '.join(requirements)}\n{tail}")
+        failure = None if result.returncode == 0 else explain_failure(result, timeout)
+        # A failure is an error result (isError): its text carries the reason and the way
+        # out, since some clients (Claude Code) drop structuredContent on errors.
+        return _result(model, render.install_text(model, failure), error=failure is not None)
 
     # -- health ------------------------------------------------------------------------
 

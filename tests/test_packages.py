@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import re
 import secrets
 import subprocess
 import sys
@@ -15,8 +17,9 @@ from typing import Any
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+from mcp.types import TextContent
 
-from interp import sandbox
+from interp import render, sandbox
 from interp.server import create_server
 from tests.conftest import make_config, run, session_info
 
@@ -102,3 +105,90 @@ async def test_bad_requirements_are_refused(
 ) -> None:
     with pytest.raises(ToolError, match=match):
         await client.call_tool("install_dependencies", {"packages": packages})
+
+
+async def test_a_missing_release_is_an_error_result_with_pips_reason_and_a_way_out(
+    offline: tuple[Client, str],
+) -> None:
+    c, name = offline
+    args = {"packages": [f"{name}==9.9"]}
+    result = await c.call_tool("install_dependencies", args, raise_on_error=False)
+    assert result.is_error
+    text = result.content[0]
+    assert isinstance(text, TextContent)
+    lines = text.text.splitlines()
+    assert lines[0].startswith(f"install failed (exit 1): {name}==9.9"), lines
+    assert lines[1] == f"reason: No matching distribution found for {name}==9.9"
+    assert lines[2].startswith("way out: ") and "version" in lines[2]
+    # Programmatic clients still get the fields (Claude Code drops them on errors).
+    data: dict[str, Any] = result.structured_content or {}
+    assert data["returncode"] == 1 and "No matching distribution" in data["stderr"]
+    assert data["requirements"] == [f"{name}==9.9"]
+    with pytest.raises(ToolError, match=f"reason: No matching distribution found for {name}"):
+        await c.call_tool("install_dependencies", args)
+
+
+async def test_a_missing_wheel_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    config = make_config(tmp_path).replace(install_allow_urls=True, install_no_index=True)
+    wheel = tmp_path / "nowhere" / "ghost-1.0-py3-none-any.whl"
+    async with Client(create_server(config)) as c:
+        result = await c.call_tool(
+            "install_dependencies",
+            {"packages": [f"ghost @ {wheel.as_uri()}"]},
+            raise_on_error=False,
+        )
+    assert result.is_error
+    text = result.content[0]
+    assert isinstance(text, TextContent)
+    reason, way_out = text.text.splitlines()[1:3]
+    assert reason.startswith("reason: ") and "No such file or directory" in reason
+    assert str(wheel) in reason and "path" in way_out
+
+
+FAKE_UV = """#!{python}
+import sys
+for i in range(3000):
+    print(f"  resolving candidate-{{i:04d}} for the requirement", file=sys.stderr)
+print("error: Failed to download `foo==1.0`: simulated failure", file=sys.stderr)
+sys.exit(2)
+"""
+
+
+async def test_long_output_is_cut_at_line_boundaries_with_a_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "uv").write_text(FAKE_UV.format(python=sys.executable))
+    (fake / "uv").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    async with Client(create_server(make_config(tmp_path))) as c:
+        result = await c.call_tool(
+            "install_dependencies", {"packages": ["foo==1.0"]}, raise_on_error=False
+        )
+    assert result.is_error
+    text = result.content[0]
+    assert isinstance(text, TextContent)
+    lines = text.text.splitlines()
+    assert lines[0].startswith("install failed (exit 2): foo==1.0")
+    assert lines[1] == "reason: Failed to download `foo==1.0`: simulated failure"
+    whole = re.compile(r"  resolving candidate-\d{4} for the requirement")
+    marker = next(i for i, line in enumerate(lines) if "earlier lines not shown" in line)
+    assert all(whole.fullmatch(line) for line in lines[marker + 1 : -1]), lines[marker:]
+    assert lines[-1] == "error: Failed to download `foo==1.0`: simulated failure"
+    assert len(text.text) < 3000
+    # The structured stderr keeps its end too, in whole lines, and says what it dropped.
+    stderr = (result.structured_content or {})["stderr"].splitlines()
+    assert "earlier lines cut" in stderr[0]
+    assert all(whole.fullmatch(line) for line in stderr[1:-1]), stderr[:3]
+    assert stderr[-1] == lines[-1]
+
+
+def test_one_long_line_keeps_its_end_from_a_word() -> None:
+    line = " ".join(f"word{i:03d}" for i in range(400))
+    cut = render.tail_lines(f"first\n{line}\n", 200)
+    marker, rest = cut.split("\n")
+    assert marker == "[… 1 earlier line not shown]"
+    assert rest.startswith("… word") and rest.endswith("word399") and len(rest) <= 202
+    assert rest.removeprefix("… ").split(" ")[0] in line.split(" ")  # whole words only
+    assert render.tail_lines("a\nb\n", 100) == "a\nb"

@@ -156,6 +156,18 @@ async def test_session_errors_are_clear(client: Client) -> None:
         await client.call_tool("delete_session", {"session_id": "default"})
 
 
+async def test_an_unknown_tool_is_named_with_the_tools_there_are(client: Client) -> None:
+    with pytest.raises(ToolError) as info:
+        await client.call_tool("foo", {})
+    text = str(info.value)
+    assert text.startswith("Unknown tool: 'foo'. Available tools: "), text
+    assert "run_python_code" in text and "install_dependencies" in text
+    assert "internal error" not in text and "ref " not in text
+    near = r"Unknown tool: 'run_python'; did you mean run_python_code"
+    with pytest.raises(ToolError, match=near):
+        await client.call_tool("run_python", {"code": "1"})
+
+
 @pytest.mark.parametrize(
     ("tool", "args", "message"),
     [
