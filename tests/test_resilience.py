@@ -11,6 +11,7 @@ import ast
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
@@ -156,6 +157,44 @@ async def test_exit_in_a_cell_keeps_the_session(
     if ename is None:
         assert "exit() ignored" in r["stderr"]
     assert (await run(canary, "kept"))["result"] == "5"
+    await assert_canary(canary)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize(
+    ("code", "how"),
+    [
+        ("import os\nos._exit(3)", "exit code 3"),
+        ("import ctypes\nctypes.string_at(0)", "signal SIGSEGV"),
+    ],
+)
+async def test_a_crash_is_a_warning_in_the_server_log(canary: Client, code: str, how: str) -> None:
+    await run(canary, "kept = 5")
+    await wait_snapshot(canary, "default", 1)
+    pid = (await session_info(canary))["pid"]
+    records = _Records()
+    logger = logging.getLogger("interp.session")
+    logger.addHandler(records)
+    try:
+        r = await run(canary, code)
+    finally:
+        logger.removeHandler(records)
+    assert r["status"] == "crashed" and r["restarted"]
+    new_pid = (await session_info(canary))["pid"]
+    lines = [x.getMessage() for x in records.records if x.levelno == logging.WARNING]
+    assert any(
+        f"session default: worker pid {pid} died during {r['execution_id']} ({how})" in line
+        and f"a new worker (pid {new_pid}) restored 1 names from auto-" in line
+        for line in lines
+    ), lines
     await assert_canary(canary)
 
 
