@@ -211,6 +211,9 @@ class WorkerShell(InteractiveShell):
             "evalue": strip_ansi(str(evalue)),
             "traceback": strip_ansi("\n".join(lines)),
         }
+        if isinstance(evalue, SystemExit):
+            # IPython's text ("An exception has occurred, use %tb ...") is for a terminal.
+            error["traceback"] = exit_text(evalue)
         if self.record is not None:
             self.record.error = error
         else:
@@ -220,8 +223,34 @@ class WorkerShell(InteractiveShell):
         pass  # no event loop in a worker
 
     def ask_exit(self) -> None:
-        # exit()/quit() in a cell: the session outlives it. Say so rather than ignore it.
-        sys.stderr.write("exit() ignored: use restart_kernel or delete_session to end a session.\n")
+        # exit()/quit() in a cell: IPython's would end the shell after the cell, and run the
+        # rest of the cell. Stop the cell as in a script; the session outlives it.
+        raise SystemExit
+
+
+def exit_text(exc: SystemExit) -> str:
+    code = "" if exc.code is None else repr(exc.code)
+    return (
+        f"SystemExit({code}) was raised: the cell stopped there, the rest of it did not run. "
+        "The session is still running with its variables (restart_kernel or delete_session "
+        "ends it).\n"
+    )
+
+
+def _quiet_exit_hint() -> None:
+    """IPython's run_code warns "To exit: use 'exit', 'quit', or Ctrl-D." into the user's
+    stderr after a SystemExit (warnings.warn, once per location). Drop just that one, where
+    it is called: a warnings filter would not hold against a cell's simplefilter("always")."""
+    from IPython.core import interactiveshell
+
+    original = interactiveshell.warn
+
+    def warn(message: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(message, str) and message.startswith("To exit: use"):
+            return
+        original(message, *args, **kwargs)
+
+    interactiveshell.warn = warn  # type: ignore[assignment]
 
 
 #: Tracebacks longer than this many frames keep the first and last _TB_KEEP of them.
@@ -307,6 +336,7 @@ def build_shell() -> WorkerShell:
     cfg.InteractiveShell.cache_size = 100
     shell = WorkerShell.instance(config=cfg)
     _short_previews(shell)
+    _quiet_exit_hint()
     builtins.input = _no_input
     shell.user_ns["input"] = _no_input
     # Warm the paths every session takes (compile, display hook, completion with jedi) so the

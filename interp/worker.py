@@ -418,7 +418,10 @@ def _execute(
             record.error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ""}
     except BaseException as exc:  # SystemExit raised past IPython, and the like
         if record.error is None:
-            record.error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": ""}
+            from interp.shell import exit_text
+
+            text = exit_text(exc) if isinstance(exc, SystemExit) else ""
+            record.error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": text}
     finally:
         _running = False
     duration = time.perf_counter() - started
