@@ -454,9 +454,27 @@ class Session:
         if not (self.folder / snapfiles.ckpt_name(name)).exists():
             raise InvalidRequest(f"session {self.id!r} has no checkpoint {name!r}")
         async with self._idle():
-            await self._ensure_worker()
+            worker = await self._ensure_worker()
+            try:
+                reply = await self._request(worker, protocol.OP_VARIABLES, 5.0, names_only=True)
+                before: list[str] | None = list(reply.get("names") or [])
+            except InterpError:  # a worker too stuck to answer: what it held is unknown
+                before = None
             report = await self._swap_worker(restore=name)
-            info = self._recovery_info(report, f"checkpoint {name!r} was restored")
+            info = self._recovery_info(report, f"checkpoint {name!r} was restored, as asked")
+            # Going back was the request: what cells bound or changed since the checkpoint is
+            # meant to go, not "lost". Say plainly which names the return removed.
+            info["lost"], info["maybe_lost"] = [], []
+            if before is not None and report.get("found"):
+                issues = [i.get("name") for i in info["skipped"] + info["failed"]]
+                removed = sorted(set(before) - set(info["restored"]) - set(issues))
+                info["removed"] = removed
+                if removed:
+                    shown = ", ".join(removed[:30])
+                    more = f" and {len(removed) - 30} more" if len(removed) > 30 else ""
+                    info["reason"] += (
+                        f"; it removed {len(removed)} name(s) bound after it: {shown}{more}"
+                    )
             self._restored_event(f"restore_checkpoint({name!r})", info)
             return info
 

@@ -409,15 +409,26 @@ def _size_of(value: Any) -> int:
         return 0
 
 
-def variables(shell: InteractiveShell) -> list[dict[str, Any]]:
+def _user_items(shell: InteractiveShell) -> list[tuple[str, Any]]:
     """User-defined names: not IPython's own (In, Out, _i1, ...) nor private ones."""
     hidden = shell.user_ns_hidden
-    out = []
-    for name, value in list(shell.user_ns.items()):
-        if name.startswith("_") or (name in hidden and hidden[name] is value):
-            continue
-        if name == "input" and value is _no_input:
-            continue
+    return [
+        (name, value)
+        for name, value in list(shell.user_ns.items())
+        if not (name.startswith("_") or (name in hidden and hidden[name] is value))
+        and not (name == "input" and value is _no_input)
+    ]
+
+
+def names(shell: InteractiveShell) -> list[str]:
+    """The user-defined names alone (what `variables` lists), sorted."""
+    return sorted(name for name, _ in _user_items(shell))
+
+
+def variables(shell: InteractiveShell) -> list[dict[str, Any]]:
+    """User-defined names with their type, a short repr and a size."""
+    out: list[dict[str, Any]] = []
+    for name, value in _user_items(shell):
         try:
             text = _REPR.repr(value)
         except Exception as exc:  # a broken __repr__ must not break the listing

@@ -253,6 +253,8 @@ class _Worker:
                 shell, request["code"], request["cursor_pos"], request["detail_level"]
             )
         if op == protocol.OP_VARIABLES:
+            if request.get("names_only"):
+                return {"names": shell_mod.names(shell)}
             return {"variables": shell_mod.variables(shell)}
         if op == protocol.OP_PING:
             return {"pid": os.getpid()}

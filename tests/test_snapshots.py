@@ -556,3 +556,23 @@ async def test_deleting_a_session_stops_its_writer_before_removing_its_files(
     gone = before - alive(worker_pids(tmp_path))
     assert info["pid"] in gone and len(gone) == 2, gone  # the worker and its writer
     assert not (config.snapshots / "doomed").exists()
+
+
+async def test_restore_checkpoint_says_what_it_removed_not_what_was_lost(client: Client) -> None:
+    await run(client, "a = [1]\nkeep = 'k'")
+    await client.call_tool("save_checkpoint", {"name": "one"})
+    # Cells after the checkpoint: a new name, an in-place change, and a writer still busy
+    # (its snapshot is abandoned by the restore), so the session still counts them unsaved.
+    await run(client, "b = [2]\na.append(3)")
+    await run(client, slow_cell(30))
+    raw = await client.call_tool("restore_checkpoint", {"name": "one"})
+    recovery = raw.structured_content["recovery"]  # type: ignore[index]
+    assert recovery["restored"] == ["a", "keep"]
+    assert recovery["lost"] == [] and recovery["maybe_lost"] == []
+    assert recovery["reason"] == (
+        "checkpoint 'one' was restored, as asked; it removed 5 name(s) bound after it: "
+        "Slow, b, late, slow, time"
+    )
+    text = raw.content[0].text  # type: ignore[union-attr]
+    assert "lost" not in text and "removed 5 name(s)" in text, text
+    assert (await run(client, "a"))["result"] == "[1]"
