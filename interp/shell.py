@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import linecache
 import os
 import re
 import reprlib
@@ -389,8 +390,83 @@ def inspect(shell: InteractiveShell, code: str, cursor_pos: int, detail: int) ->
         bundle = shell.object_inspect_mime(name, detail_level=detail)
     except KeyError:
         return {"found": False, "name": name, "text": ""}
-    text = strip_ansi(str(bundle.get("text/plain", "")))
+    text = _honest_file(strip_ansi(str(bundle.get("text/plain", ""))))
     return {"found": bool(text.strip()), "name": name, "text": text}
+
+
+#: IPython's name for a cell's code (IPython.core.compilerop.code_name): tracebacks and
+#: linecache know a cell by it, and it is each function's co_filename.
+_CELL_FILE = re.compile(r"<ipython-input-(\d+)-[0-9a-f]+>")
+#: At most this much cell source goes into one snapshot (it is in the JSON manifest).
+CELL_SOURCES_MAX = 256 * 1024
+
+
+def _code_objects(value: Any) -> Iterator[Any]:
+    """The code of a function, or of a class's methods (and properties, static and class
+    methods): where their cells' file names are."""
+    members = list(vars(value).values()) if isinstance(value, type) else [value]
+    for member in members:
+        if isinstance(member, staticmethod | classmethod):
+            member = member.__func__
+        if isinstance(member, property):
+            yield from (f.__code__ for f in (member.fget, member.fset, member.fdel) if f)
+        elif callable(member) and hasattr(member, "__code__"):
+            yield member.__code__
+
+
+def cell_sources(shell: InteractiveShell, values: list[Any]) -> list[dict[str, Any]]:
+    """The source of the cells that defined these functions and classes, as IPython keeps it
+    in linecache: {"file": <ipython-input-N-...>, "cell": N, "text": source}. A snapshot
+    carries them so that a restored function still has its source (inspect_object,
+    tracebacks)."""
+    files: set[str] = set()
+    for value in values:
+        with contextlib.suppress(Exception):  # an odd class attribute is no reason to fail
+            files.update(code.co_filename for code in _code_objects(value))
+    out: list[dict[str, Any]] = []
+    room = CELL_SOURCES_MAX
+    for name in sorted(files):
+        cell = _CELL_FILE.fullmatch(name)
+        entry = linecache.cache.get(name)
+        if cell is None or entry is None or len(entry) != 4 or entry[1] is not None:
+            continue  # IPython's entries have no mtime: linecache keeps them
+        text = "".join(entry[2])
+        if len(text) > room:
+            continue
+        room -= len(text)
+        out.append({"file": name, "cell": int(cell.group(1)), "text": text})
+    return out
+
+
+def register_cell_sources(shell: InteractiveShell, sources: Any) -> None:
+    """Put restored cells' source back where IPython keeps it (see `cell_sources`)."""
+    if not isinstance(sources, list):
+        return
+    names = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    for item in sources:
+        if not isinstance(item, dict):
+            continue
+        name, text = item.get("file"), item.get("text")
+        if not isinstance(name, str) or not isinstance(text, str):
+            continue
+        cell = _CELL_FILE.fullmatch(name)
+        if cell is None:
+            continue
+        if name not in linecache.cache:  # else the same cell (its name hashes its code)
+            linecache.cache[name] = (len(text), None, text.splitlines(keepends=True), name)
+        if isinstance(names, dict):
+            names[name] = int(cell.group(1))
+
+
+def _honest_file(text: str) -> str:
+    """IPython's inspector shows a cell's function as defined in a file
+    `<cwd>/<ipython-input-3-ab12...>`, which does not exist: say `Cell In[3]` instead."""
+    return re.sub(
+        r"^(File:\s+).*<ipython-input-(\d+)-[0-9a-f]+>\s*$",
+        lambda m: f"{m.group(1)}Cell In[{m.group(2)}]",
+        text,
+        flags=re.MULTILINE,
+    )
 
 
 _REPR = reprlib.Repr()

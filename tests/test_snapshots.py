@@ -27,6 +27,7 @@ from tests.conftest import (
     make_config,
     run,
     session_info,
+    tool,
     wait_until,
     worker_pids,
 )
@@ -576,3 +577,39 @@ async def test_restore_checkpoint_says_what_it_removed_not_what_was_lost(client:
     text = raw.content[0].text  # type: ignore[union-attr]
     assert "lost" not in text and "removed 5 name(s)" in text, text
     assert (await run(client, "a"))["result"] == "[1]"
+
+
+async def test_restored_functions_keep_their_source(client: Client) -> None:
+    await run(client, "x0 = 0")
+    cell = (
+        await run(
+            client,
+            "def f(x):\n    return x+1\n"
+            "class K:\n    @property\n    def p(self):\n        return 2",
+        )
+    )["execution_count"]
+    await snapshot_covers(client, cell)
+
+    async def looks() -> dict[str, str]:
+        out = {}
+        for code in ("f", "K.p"):
+            found = await tool(client, "inspect_object", code=code, detail_level=1)
+            out[code] = found["text"]
+        return out
+
+    live = await looks()
+    for attempt in range(2):  # the next snapshot carries the source on
+        crashed = await run(client, "import os; os._exit(1)")
+        assert "f" in crashed["recovery"]["restored"], crashed["recovery"]
+        seen = await looks()
+        assert "def f(x):\n    return x+1" in seen["f"], seen["f"]
+        assert "def p(self):\n    return 2" in seen["K.p"], seen["K.p"]
+        assert f"File:      Cell In[{cell}]" in seen["f"], seen["f"]
+        assert "ipython-input" not in seen["f"] + seen["K.p"]
+        assert seen["f"] == live["f"]
+        r = await run(client, "f(None)")  # the traceback quotes the cell's line too
+        assert f"Cell In[{cell}], line 2" in r["error"]["traceback"], r["error"]
+        assert "return x+1" in r["error"]["traceback"], r["error"]
+        if attempt == 0:
+            # A new snapshot, written by the restored worker, must carry the source on.
+            await snapshot_covers(client, (await run(client, "x1 = [1]"))["execution_count"])
