@@ -15,7 +15,7 @@ from fastmcp.exceptions import ToolError
 
 from interp.config import Config
 from interp.server import create_server
-from tests.conftest import make_config, run, stdio_transport, tool, wait_until
+from tests.conftest import LogRecords, make_config, run, stdio_transport, tool, wait_until
 
 
 async def health(c: Client, **args: Any) -> dict[str, Any]:
@@ -74,7 +74,15 @@ async def test_a_worker_dead_while_idle_is_replaced_without_a_call(client: Clien
         restored = any(e["kind"] == "restore" for e in h["events"])
         return r["pid"] not in (None, victim) and r["restarts"] == 1 and restored
 
-    await wait_until(replaced, timeout=15)  # nobody called the session
+    with LogRecords("interp.session") as log:
+        await wait_until(replaced, timeout=15)  # nobody called the session
+    # The server log says so, with the pid, the signal and what came back.
+    lines = log.messages()
+    assert any(
+        line.startswith(f"session default: worker pid {victim} had died (signal SIGKILL); ")
+        and "restored 1 names from auto-" in line
+        for line in lines
+    ), lines
     events = (await health(client, session_id="default"))["events"]
     kinds = [e["kind"] for e in events]
     assert "crash" in kinds and "restore" in kinds

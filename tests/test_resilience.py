@@ -11,7 +11,6 @@ import ast
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import time
@@ -25,6 +24,7 @@ from fastmcp import Client
 
 from interp.config import Config
 from tests.conftest import (
+    LogRecords,
     alive,
     free_port,
     run,
@@ -167,15 +167,6 @@ async def test_exit_in_a_cell_keeps_the_session(
     await assert_canary(canary)
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.mark.parametrize(
     ("code", "how"),
     [
@@ -187,16 +178,11 @@ async def test_a_crash_is_a_warning_in_the_server_log(canary: Client, code: str,
     await run(canary, "kept = 5")
     await wait_snapshot(canary, "default", 1)
     pid = (await session_info(canary))["pid"]
-    records = _Records()
-    logger = logging.getLogger("interp.session")
-    logger.addHandler(records)
-    try:
+    with LogRecords("interp.session") as log:
         r = await run(canary, code)
-    finally:
-        logger.removeHandler(records)
     assert r["status"] == "crashed" and r["restarted"]
     new_pid = (await session_info(canary))["pid"]
-    lines = [x.getMessage() for x in records.records if x.levelno == logging.WARNING]
+    lines = log.messages()
     assert any(
         f"session default: worker pid {pid} died during {r['execution_id']} ({how})" in line
         and f"a new worker (pid {new_pid}) restored 1 names from auto-" in line
