@@ -11,6 +11,7 @@ Also here: completion, inspection and the variable listing, all answered from in
 
 from __future__ import annotations
 
+import ast
 import base64
 import builtins
 import contextlib
@@ -19,6 +20,7 @@ import os
 import re
 import reprlib
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -338,6 +340,7 @@ def build_shell() -> WorkerShell:
     shell = WorkerShell.instance(config=cfg)
     _short_previews(shell)
     _quiet_exit_hint()
+    _class_sources()
     builtins.input = _no_input
     shell.user_ns["input"] = _no_input
     # Warm the paths every session takes (compile, display hook, completion with jedi) so the
@@ -456,6 +459,55 @@ def register_cell_sources(shell: InteractiveShell, sources: Any) -> None:
             linecache.cache[name] = (len(text), None, text.splitlines(keepends=True), name)
         if isinstance(names, dict):
             names[name] = int(cell.group(1))
+
+
+def class_in_cell(cls: Any) -> tuple[str, str] | None:
+    """(cell file, source) of a class the shell defined, found through its methods' cell.
+    Python 3.11 looks for a class's source in its module's file, and the shell's
+    `__main__` has none, so IPython showed no source for any class of a cell."""
+    if not isinstance(cls, type):
+        return None
+    with contextlib.suppress(Exception):
+        for code in _code_objects(cls):
+            name = code.co_filename
+            entry = linecache.cache.get(name)
+            if _CELL_FILE.fullmatch(name) is None or entry is None or len(entry) != 4:
+                continue
+            lines = entry[2]
+            for node in ast.walk(ast.parse("".join(lines))):
+                if (
+                    isinstance(node, ast.ClassDef)
+                    and node.name == cls.__name__
+                    and node.lineno <= code.co_firstlineno <= (node.end_lineno or 0)
+                ):
+                    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                    return name, textwrap.dedent("".join(lines[start - 1 : node.end_lineno]))
+    return None
+
+
+def _class_sources() -> None:
+    """Let IPython's inspector find the file and source of the shell's classes (see
+    `class_in_cell`); everything else goes to IPython's own functions."""
+    from IPython.core import oinspect
+
+    find_file, getsource = oinspect.find_file, oinspect.getsource
+
+    def find_file_or_cell(obj: Any) -> str | None:
+        found = find_file(obj)
+        if found is None:
+            where = class_in_cell(obj if isinstance(obj, type) else type(obj))
+            found = where[0] if where else None
+        return found
+
+    def getsource_or_cell(obj: Any, oname: str = "") -> str | None:
+        source = getsource(obj, oname)
+        if source is None and isinstance(obj, type):
+            where = class_in_cell(obj)
+            source = where[1] if where else None
+        return source
+
+    oinspect.find_file = find_file_or_cell
+    oinspect.getsource = getsource_or_cell
 
 
 def _honest_file(text: str) -> str:
