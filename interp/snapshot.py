@@ -55,7 +55,7 @@ from typing import Any
 import dill
 
 from interp import snapfiles
-from interp.shell import cell_sources, register_cell_sources
+from interp.cellsource import cell_sources, register_cell_sources
 
 # Names IPython manages in the namespace: the output cache and input history.
 _CACHE_NAME = re.compile(r"^(_+|_\d+|_i+|_i\d+|_[ioh]h|_dh)$")
@@ -384,7 +384,7 @@ def take_snapshot(
     defined = [v for v in ns.values() if _defined_in(v, main)]
     with snapfiles.locked(folder):
         body = _write(folder, blobs, previous, kind=kind, name=name)
-        body["sources"] = cell_sources(shell, defined)
+        body["sources"] = cell_sources(defined)
         body["skipped"] = skipped
         body["failed"] = failed = failed + body["failed"]
         body["execution_count"] = int(shell.execution_count) - 1
