@@ -840,8 +840,8 @@ class Session:
         outcome = self._partial(worker, exec_id, status)
         outcome.timeout_rung = rung
         self._stopped_event(why, exec_id, rung)
-        why = f"the cell ignored SIGINT and was stopped by {rung}"
-        await self._replace(worker, outcome, why, exec_id)
+        stopped = f"the cell ignored SIGINT and was stopped by {rung}"
+        await self._replace(worker, outcome, stopped, exec_id)
         return outcome
 
     def _stopped_event(self, why: str, exec_id: str, rung: str) -> None:
