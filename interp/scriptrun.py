@@ -6,14 +6,17 @@ symlink between the server's check and this process's read. This applies the ses
 (`interp.rlimits`) and the confinement (`interp.sandbox`, with a private folder of its own)
 before any of the script's code runs (``-I``: nothing is imported from the workspace, its cwd,
 before that), then runs the source as ``__main__`` with ``sys.argv`` = [PATH, *ARGS], like
-``python PATH ARGS``. Standard library, `interp.rlimits` and `interp.sandbox` only: it starts
-in milliseconds.
+``python PATH ARGS``; an uncaught exception's traceback starts at the script, as there (this
+bootstrap's frames and runpy's are left out). Standard library, `interp.rlimits` and
+`interp.sandbox` only: it starts in milliseconds.
 """
 
 from __future__ import annotations
 
 import json
+import linecache
 import os
+import signal
 import sys
 
 
@@ -40,9 +43,31 @@ def main() -> None:
         sandbox.use_private_environment(Path(rules["private"][0]))
     sys.argv = [path, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    code = compile(source, path, "exec")
+    text = source.decode("utf-8", "replace")
+    # Tracebacks quote the source that ran, not whatever the file holds by then.
+    linecache.cache[path] = (len(text), None, text.splitlines(keepends=True), path)
     namespace = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
-    exec(code, namespace)
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        _uncaught(exc)
+
+
+def _uncaught(exc: BaseException) -> None:
+    """Report an exception the script did not catch as ``python PATH`` would, but with the
+    traceback starting at the script: without this frame and runpy's, which it never saw."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code is main.__code__:
+        tb = tb.tb_next
+    sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+    if isinstance(exc, KeyboardInterrupt):  # exit "by SIGINT", as Python does
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -217,7 +217,12 @@ class Session:
                 f"the worker died while idle ({self.last_exit}); a fresh one restored the "
                 "last snapshot (see recovery)"
             )
-            log.warning("session %s: worker died while idle (%s)", self.id, self.last_exit)
+            log.warning(
+                "session %s: worker pid %s died while idle (%s)",
+                self.id,
+                worker.pid,
+                self.last_exit,
+            )
             self._event("crash", f"the worker died while idle ({self.last_exit})")
 
     async def _ensure_worker(self) -> WorkerProcess:
@@ -254,17 +259,43 @@ class Session:
         if revive or report.get("found"):
             why = "the session was revived from disk" if revive else "the session was restored"
             if worker is not None:
-                why = f"its worker had died ({self.last_exit})"
+                why = f"its worker had died ({describe_exit(worker.exitcode)})"
+                log.warning(
+                    "session %s: worker pid %s had died (%s); a new worker (pid %s) %s",
+                    self.id, worker.pid, describe_exit(worker.exitcode),
+                    self.worker.pid if self.worker else None, self._restored_text(report),
+                )  # fmt: skip
             self._recovery = self._recovery_info(report, why)
-            self._restored_event(self._recovery)
+            self._restored_event(why, self._recovery)
         self._set_state(SessionState.IDLE)
         assert self.worker is not None
         return self.worker
 
-    def _restored_event(self, info: dict[str, Any]) -> None:
+    def _restored_event(self, subject: str, info: dict[str, Any]) -> None:
+        """A "restore" event: `subject` says what was restored after what (an execution that
+        crashed, a checkpoint, a revival), then how many names came back and from where."""
+        if not info.get("found"):
+            self._event("restore", f"{subject}: no snapshot to restore, the session starts empty")
+            return
         restored, lost = info.get("restored") or [], info.get("lost") or []
         lost_note = f", lost {len(lost)}" if lost else ""
-        self._event("restore", f"{info.get('why')}: restored {len(restored)} names{lost_note}")
+        removed = info.get("removed") or []
+        removed_note = f", removed {len(removed)} bound since" if removed else ""
+        self._event(
+            "restore",
+            f"{subject}: restored {len(restored)} names from {info.get('source')}"
+            f"{lost_note}{removed_note}",
+        )
+
+    @staticmethod
+    def _restored_text(report: dict[str, Any]) -> str:
+        """What a worker's restore report amounts to, for the log."""
+        if not report.get("found"):
+            return "found no snapshot to restore: the session starts empty"
+        return (
+            f"restored {len(report.get('restored') or [])} names from {report.get('manifest')} "
+            f"(after cell [{report.get('execution_count')}])"
+        )
 
     async def _adopt(self, restore: str | None = None) -> dict[str, Any]:
         """Take a ready worker from the pool, make it this session's and bind it to the
@@ -395,6 +426,7 @@ class Session:
             source = "none: no snapshot was found, the session starts empty"
         return {
             "reason": why,
+            "found": bool(report.get("found")),
             "source": source,
             "restored": restored,
             "skipped": list(report.get("skipped") or []),
@@ -422,9 +454,29 @@ class Session:
         if not (self.folder / snapfiles.ckpt_name(name)).exists():
             raise InvalidRequest(f"session {self.id!r} has no checkpoint {name!r}")
         async with self._idle():
-            await self._ensure_worker()
+            worker = await self._ensure_worker()
+            try:
+                reply = await self._request(worker, protocol.OP_VARIABLES, 5.0, names_only=True)
+                before: list[str] | None = list(reply.get("names") or [])
+            except InterpError:  # a worker too stuck to answer: what it held is unknown
+                before = None
             report = await self._swap_worker(restore=name)
-            return self._recovery_info(report, f"checkpoint {name!r} was restored")
+            info = self._recovery_info(report, f"checkpoint {name!r} was restored, as asked")
+            # Going back was the request: what cells bound or changed since the checkpoint is
+            # meant to go, not "lost". Say plainly which names the return removed.
+            info["lost"], info["maybe_lost"] = [], []
+            if before is not None and report.get("found"):
+                issues = [i.get("name") for i in info["skipped"] + info["failed"]]
+                removed = sorted(set(before) - set(info["restored"]) - set(issues))
+                info["removed"] = removed
+                if removed:
+                    shown = ", ".join(removed[:30])
+                    more = f" and {len(removed) - 30} more" if len(removed) > 30 else ""
+                    info["reason"] += (
+                        f"; it removed {len(removed)} name(s) bound after it: {shown}{more}"
+                    )
+            self._restored_event(f"restore_checkpoint({name!r})", info)
+            return info
 
     def checkpoints(self) -> list[dict[str, Any]]:
         """Named checkpoints on disk, oldest first (read from manifests, never unpickled)."""
@@ -510,7 +562,7 @@ class Session:
                 return None
             if failed:  # no worker to snapshot: back to the last snapshot taken
                 report = await self._swap_worker(restore="auto")
-                return self._recovery_info(report, "restart_kernel(preserve_state=true)")
+                return self._restart_info(report)
             worker = await self._ensure_worker()
             saved = await self._request(
                 worker, protocol.OP_SNAPSHOT, self.config.limits.restore_timeout, kind="auto"
@@ -521,7 +573,12 @@ class Session:
                     f"({saved.get('error')}); nothing was restarted"
                 )
             report = await self._swap_worker(restore="auto")
-            return self._recovery_info(report, "restart_kernel(preserve_state=true)")
+            return self._restart_info(report)
+
+    def _restart_info(self, report: dict[str, Any]) -> dict[str, Any]:
+        info = self._recovery_info(report, "restart_kernel(preserve_state=true)")
+        self._restored_event("restart_kernel(preserve_state=true)", info)
+        return info
 
     async def _forget_state(self) -> None:
         self._changes.clear()
@@ -783,7 +840,8 @@ class Session:
         outcome = self._partial(worker, exec_id, status)
         outcome.timeout_rung = rung
         self._stopped_event(why, exec_id, rung)
-        await self._replace(worker, outcome, f"the cell ignored SIGINT and was stopped by {rung}")
+        stopped = f"the cell ignored SIGINT and was stopped by {rung}"
+        await self._replace(worker, outcome, stopped, exec_id)
         return outcome
 
     def _stopped_event(self, why: str, exec_id: str, rung: str) -> None:
@@ -809,14 +867,18 @@ class Session:
             outcome.status = "interrupted"
             outcome.notices.append("the session was deleted while the cell ran")
             return outcome
+        dead = (
+            f"session {self.id}: worker pid {worker.pid} died during {exec_id} ({self.last_exit})"
+        )
         if not self._may_restart(why):
             await worker.kill()
             await self._settle_writer(self.config.limits.writer_grace)
             self.worker = None
             self._set_state(SessionState.FAILED)
             outcome.notices.append(self.failed_reason or why)
+            log.warning("%s; not restarted: the session failed (crash limit)", dead)
             return outcome
-        await self._replace(worker, outcome, why)
+        log.warning("%s; %s", dead, await self._replace(worker, outcome, why, exec_id))
         return outcome
 
     def _may_restart(self, why: str) -> bool:
@@ -838,8 +900,11 @@ class Session:
         self._event("failed", f"stopped restarting after {len(self._crashes)} crashes ({why})")
         return False
 
-    async def _replace(self, worker: WorkerProcess, outcome: ExecOutcome, why: str) -> None:
-        """After a crash or a kill: a fresh worker that restores the newest snapshot."""
+    async def _replace(
+        self, worker: WorkerProcess, outcome: ExecOutcome, why: str, exec_id: str
+    ) -> str:
+        """After a crash or a kill during `exec_id`: a fresh worker that restores the newest
+        snapshot. Returns what happened, for the log."""
         await worker.kill()
         await self._settle_writer(self.config.limits.writer_grace)
         try:
@@ -848,11 +913,11 @@ class Session:
             self.worker = None
             outcome.state_lost = True
             outcome.notices.append(f"{why}; starting a new worker failed: {exc}")
-            return
+            return f"starting a new worker failed: {exc}"
         self.restarts += 1
         outcome.restarted = True
         info = self._recovery_info(report, why)
-        self._restored_event(info)
+        self._restored_event(f"{exec_id}: {why}", info)
         outcome.recovery = info
         outcome.state_lost = bool(
             info["lost"] or info["maybe_lost"] or info["failed"] or info["skipped"]
@@ -860,6 +925,8 @@ class Session:
         if not report.get("found"):
             outcome.state_lost = True
         outcome.notices.append(f"{why}; the session restarted and restored its last snapshot")
+        pid = self.worker.pid if self.worker is not None else None
+        return f"a new worker (pid {pid}) {self._restored_text(report)}"
 
     # -- shaping -----------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type
 from traitlets.config import Config
 
+from interp import cellsource
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
@@ -213,6 +215,9 @@ class WorkerShell(InteractiveShell):
             "evalue": strip_ansi(str(evalue)),
             "traceback": strip_ansi("\n".join(lines)),
         }
+        if isinstance(evalue, SystemExit):
+            # IPython's text ("An exception has occurred, use %tb ...") is for a terminal.
+            error["traceback"] = exit_text(evalue)
         if self.record is not None:
             self.record.error = error
         else:
@@ -255,8 +260,34 @@ class WorkerShell(InteractiveShell):
         return SList(text.splitlines()) if split else LSString(text)
 
     def ask_exit(self) -> None:
-        # exit()/quit() in a cell: the session outlives it. Say so rather than ignore it.
-        sys.stderr.write("exit() ignored: use restart_kernel or delete_session to end a session.\n")
+        # exit()/quit() in a cell: IPython's would end the shell after the cell, and run the
+        # rest of the cell. Stop the cell as in a script; the session outlives it.
+        raise SystemExit
+
+
+def exit_text(exc: SystemExit) -> str:
+    code = "" if exc.code is None else repr(exc.code)
+    return (
+        f"SystemExit({code}) was raised: the cell stopped there, the rest of it did not run. "
+        "The session is still running with its variables (restart_kernel or delete_session "
+        "ends it).\n"
+    )
+
+
+def _quiet_exit_hint() -> None:
+    """IPython's run_code warns "To exit: use 'exit', 'quit', or Ctrl-D." into the user's
+    stderr after a SystemExit (warnings.warn, once per location). Drop just that one, where
+    it is called: a warnings filter would not hold against a cell's simplefilter("always")."""
+    from IPython.core import interactiveshell
+
+    original = interactiveshell.warn
+
+    def warn(message: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(message, str) and message.startswith("To exit: use"):
+            return
+        original(message, *args, **kwargs)
+
+    interactiveshell.warn = warn  # type: ignore[assignment]
 
 
 #: Tracebacks longer than this many frames keep the first and last _TB_KEEP of them.
@@ -361,6 +392,8 @@ def build_shell() -> WorkerShell:
     cfg.InteractiveShell.cache_size = 100
     shell = WorkerShell.instance(config=cfg)
     _short_previews(shell)
+    _quiet_exit_hint()
+    cellsource.patch_inspector()
     builtins.input = _no_input
     shell.user_ns["input"] = _no_input
     # Warm the paths every session takes (compile, display hook, completion with jedi) so the
@@ -416,7 +449,7 @@ def inspect(shell: InteractiveShell, code: str, cursor_pos: int, detail: int) ->
             bundle = shell.object_inspect_mime(name, detail_level=detail)
     except KeyError:
         return {"found": False, "name": name, "text": ""}
-    text = strip_ansi(str(bundle.get("text/plain", "")))
+    text = cellsource.honest_file(strip_ansi(str(bundle.get("text/plain", ""))))
     return {"found": bool(text.strip()), "name": name, "text": text}
 
 
@@ -436,15 +469,26 @@ def _size_of(value: Any) -> int:
         return 0
 
 
-def variables(shell: InteractiveShell) -> list[dict[str, Any]]:
+def _user_items(shell: InteractiveShell) -> list[tuple[str, Any]]:
     """User-defined names: not IPython's own (In, Out, _i1, ...) nor private ones."""
     hidden = shell.user_ns_hidden
-    out = []
-    for name, value in list(shell.user_ns.items()):
-        if name.startswith("_") or (name in hidden and hidden[name] is value):
-            continue
-        if name == "input" and value is _no_input:
-            continue
+    return [
+        (name, value)
+        for name, value in list(shell.user_ns.items())
+        if not (name.startswith("_") or (name in hidden and hidden[name] is value))
+        and not (name == "input" and value is _no_input)
+    ]
+
+
+def names(shell: InteractiveShell) -> list[str]:
+    """The user-defined names alone (what `variables` lists), sorted."""
+    return sorted(name for name, _ in _user_items(shell))
+
+
+def variables(shell: InteractiveShell) -> list[dict[str, Any]]:
+    """User-defined names with their type, a short repr and a size."""
+    out: list[dict[str, Any]] = []
+    for name, value in _user_items(shell):
         try:
             text = _REPR.repr(value)
         except Exception as exc:  # a broken __repr__ must not break the listing

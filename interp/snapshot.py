@@ -55,6 +55,7 @@ from typing import Any
 import dill
 
 from interp import snapfiles
+from interp.cellsource import cell_sources, register_cell_sources
 
 # Names IPython manages in the namespace: the output cache and input history.
 _CACHE_NAME = re.compile(r"^(_+|_\d+|_i+|_i\d+|_[ioh]h|_dh)$")
@@ -380,8 +381,10 @@ def take_snapshot(
             continue
         budget -= blob.length
         blobs.append(blob)
+    defined = [v for v in ns.values() if _defined_in(v, main)]
     with snapfiles.locked(folder):
         body = _write(folder, blobs, previous, kind=kind, name=name)
+        body["sources"] = cell_sources(defined)
         body["skipped"] = skipped
         body["failed"] = failed = failed + body["failed"]
         body["execution_count"] = int(shell.execution_count) - 1
@@ -574,6 +577,7 @@ def _apply(shell: Any, body: dict[str, Any], data: dict[str, list[bytearray]]) -
     restored: list[str] = []
     failed: list[dict[str, str]] = []
     entries = body.get("entries", [])
+    register_cell_sources(shell, body.get("sources"))  # the restored functions' source
     for e in entries:
         if e["kind"] == "module":
             try:

@@ -255,6 +255,8 @@ class _Worker:
                 shell, request["code"], request["cursor_pos"], request["detail_level"]
             )
         if op == protocol.OP_VARIABLES:
+            if request.get("names_only"):
+                return {"names": shell_mod.names(shell)}
             return {"variables": shell_mod.variables(shell)}
         if op == protocol.OP_PING:
             return {"pid": os.getpid()}
@@ -461,7 +463,10 @@ def _execute(
             record.error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ""}
     except BaseException as exc:  # SystemExit raised past IPython, and the like
         if record.error is None:
-            record.error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": ""}
+            from interp.shell import exit_text
+
+            text = exit_text(exc) if isinstance(exc, SystemExit) else ""
+            record.error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": text}
     finally:
         _running = False
     duration = time.perf_counter() - started

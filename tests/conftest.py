@@ -6,6 +6,7 @@ Every wait is bounded by a deadline (`wait_until`); nothing sleeps to synchronis
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -66,6 +67,28 @@ async def tool(client: Client, tool_name: str, /, **args: Any) -> dict[str, Any]
     r = await client.call_tool(tool_name, args)
     assert r.structured_content is not None
     return r.structured_content
+
+
+class LogRecords(logging.Handler):
+    """Keeps the records of one logger while in use: ``with LogRecords("interp.session")``."""
+
+    def __init__(self, logger: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(logger)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, level: int = logging.WARNING) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+    def __enter__(self) -> LogRecords:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
 
 
 async def wait_until(

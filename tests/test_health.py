@@ -15,7 +15,7 @@ from fastmcp.exceptions import ToolError
 
 from interp.config import Config
 from interp.server import create_server
-from tests.conftest import make_config, run, stdio_transport, tool, wait_until
+from tests.conftest import LogRecords, make_config, run, stdio_transport, tool, wait_until
 
 
 async def health(c: Client, **args: Any) -> dict[str, Any]:
@@ -74,7 +74,15 @@ async def test_a_worker_dead_while_idle_is_replaced_without_a_call(client: Clien
         restored = any(e["kind"] == "restore" for e in h["events"])
         return r["pid"] not in (None, victim) and r["restarts"] == 1 and restored
 
-    await wait_until(replaced, timeout=15)  # nobody called the session
+    with LogRecords("interp.session") as log:
+        await wait_until(replaced, timeout=15)  # nobody called the session
+    # The server log says so, with the pid, the signal and what came back.
+    lines = log.messages()
+    assert any(
+        line.startswith(f"session default: worker pid {victim} had died (signal SIGKILL); ")
+        and "restored 1 names from auto-" in line
+        for line in lines
+    ), lines
     events = (await health(client, session_id="default"))["events"]
     kinds = [e["kind"] for e in events]
     assert "crash" in kinds and "restore" in kinds
@@ -84,22 +92,40 @@ async def test_a_worker_dead_while_idle_is_replaced_without_a_call(client: Clien
     assert any("died while idle" in n for n in r["notices"])
 
 
-async def _snapshot_written(client: Client) -> bool:
+async def _snapshot_written(client: Client, cell: int = 1) -> bool:
     listing = await tool(client, "list_sessions")
     me = next(s for s in listing["sessions"] if s["session_id"] == "default")
     snap = me["snapshot"]
-    return bool(snap and snap["execution_count"] == 1 and not snap["writing"])
+    return bool(snap and snap["execution_count"] == cell and not snap["writing"])
 
 
 async def test_events_tell_timeouts_restarts_and_crashes(client: Client) -> None:
     await run(client, "import time\ntime.sleep(30)", timeout=0.5)
-    await run(client, "import os\nos._exit(3)")
+    await run(client, "kept = 1")
+    await wait_until(lambda: _snapshot_written(client, cell=2))
+    crash = (await run(client, "import os\nos._exit(3)"))["execution_id"]
+    await client.call_tool("save_checkpoint", {"name": "ck"})
+    await client.call_tool("restore_checkpoint", {"name": "ck"})
+    await client.call_tool("restart_kernel", {"preserve_state": True})
     await client.call_tool("restart_kernel", {})
     events = (await health(client, session_id="default"))["events"]
     messages = [(e["kind"], e["message"]) for e in events]
     assert any(k == "timeout" and "SIGINT" in m for k, m in messages), messages
     assert any(k == "crash" and "exit code 3" in m for k, m in messages), messages
     assert any(k == "restart" and "state cleared" in m for k, m in messages), messages
+    # Each restore names what it followed (the execution, the checkpoint, the restart).
+    restores = [m for k, m in messages if k == "restore"]
+    assert not any("None" in m for m in restores), restores
+    assert any(
+        m.startswith(f"{crash}: the worker died (exit code 3): restored 2 names from auto-")
+        for m in restores
+    ), restores
+    assert any(
+        m.startswith("restore_checkpoint('ck'): restored 2 names from ckpt-ck") for m in restores
+    ), restores
+    assert any(m.startswith("restart_kernel(preserve_state=true): restored 2") for m in restores), (
+        restores
+    )
 
 
 async def test_memory_past_the_watermark_while_idle_is_an_event(tmp_path: Path) -> None:

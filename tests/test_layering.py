@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "interp"
 #: Modules that run inside workers or the forkserver. They must never pull in the server.
 WORKER_SIDE = {
     "worker", "capture", "shell", "preload", "launch", "protocol", "config", "snapshot",
-    "snapfiles", "reaper", "rlimits", "scriptrun", "sandbox",
+    "snapfiles", "reaper", "rlimits", "scriptrun", "sandbox", "cellsource",
 }  # fmt: skip
 SERVER_SIDE = {
     "server", "manager", "session", "spawner", "middleware", "models", "render", "cli",

@@ -24,6 +24,7 @@ from fastmcp import Client
 
 from interp.config import Config
 from tests.conftest import (
+    LogRecords,
     alive,
     free_port,
     run,
@@ -137,25 +138,56 @@ async def test_c_stack_overflow_crashes_and_restores(canary: Client) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "status", "ename"),
+    ("code", "evalue", "said"),
     [
-        ("import sys\nsys.exit()", "error", "SystemExit"),
-        ("import sys\nsys.exit(3)", "error", "SystemExit"),
-        ("raise SystemExit", "error", "SystemExit"),
-        ("exit()", "ok", None),
-        ("quit()", "ok", None),
+        ("import sys\nsys.exit()", "None", "SystemExit()"),
+        ("import sys\nsys.exit(3)", "3", "SystemExit(3)"),
+        ("import sys\nsys.exit('bye')", "bye", "SystemExit('bye')"),
+        ("raise SystemExit(1)", "1", "SystemExit(1)"),
+        ("exit()", "None", "SystemExit()"),
+        ("quit", "None", "SystemExit()"),
+        ("import warnings\nwarnings.simplefilter('always')\nexit()", "None", "SystemExit()"),
     ],
 )
 async def test_exit_in_a_cell_keeps_the_session(
-    canary: Client, code: str, status: str, ename: str | None
+    canary: Client, code: str, evalue: str, said: str
 ) -> None:
+    # Stops the cell as in a script (the rest does not run), says so plainly, keeps the
+    # session: an error with ename SystemExit, and nothing of IPython's terminal hints.
     await run(canary, "kept = 5")
-    r = await run(canary, code)
-    assert r["status"] == status and not r["restarted"] and r["crash"] is None
-    assert (r["error"] or {}).get("ename") == ename
-    if ename is None:
-        assert "exit() ignored" in r["stderr"]
+    for _ in range(2):  # IPython's warning came once per location
+        r = await run(canary, code if code == "quit" else f"{code}\nkept = 6")
+        assert r["status"] == "error" and not r["restarted"] and r["crash"] is None
+        assert r["error"]["ename"] == "SystemExit"
+        assert r["error"]["evalue"] in (evalue, "")
+        assert r["error"]["traceback"].startswith(f"{said} was raised: the cell stopped there")
+        assert "%tb" not in r["error"]["traceback"]
+        assert r["stderr"] == "" and r["stdout"] == ""
     assert (await run(canary, "kept"))["result"] == "5"
+    await assert_canary(canary)
+
+
+@pytest.mark.parametrize(
+    ("code", "how"),
+    [
+        ("import os\nos._exit(3)", "exit code 3"),
+        ("import ctypes\nctypes.string_at(0)", "signal SIGSEGV"),
+    ],
+)
+async def test_a_crash_is_a_warning_in_the_server_log(canary: Client, code: str, how: str) -> None:
+    await run(canary, "kept = 5")
+    await wait_snapshot(canary, "default", 1)
+    pid = (await session_info(canary))["pid"]
+    with LogRecords("interp.session") as log:
+        r = await run(canary, code)
+    assert r["status"] == "crashed" and r["restarted"]
+    new_pid = (await session_info(canary))["pid"]
+    lines = log.messages()
+    assert any(
+        f"session default: worker pid {pid} died during {r['execution_id']} ({how})" in line
+        and f"a new worker (pid {new_pid}) restored 1 names from auto-" in line
+        for line in lines
+    ), lines
     await assert_canary(canary)
 
 

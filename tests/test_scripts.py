@@ -73,3 +73,21 @@ async def test_script_gets_the_session_limits(client: Client) -> None:
 async def test_script_refusals(client: Client, name: str, args: dict[str, Any], match: str) -> None:
     with pytest.raises(ToolError, match=match):
         await client.call_tool(name, args)
+
+
+async def test_a_script_traceback_starts_at_the_script(client: Client) -> None:
+    code = "import json\n\ndef parse(text):\n    return json.loads(text)\n\nparse('{bad')\n"
+    await tool(client, "save_script", name="boom", content=code)
+    r = await tool(client, "run_script", path="scripts/boom.py")
+    assert r["returncode"] == 1
+    frames = [line for line in r["stderr"].splitlines() if line.startswith("  File ")]
+    assert r["stderr"].startswith("Traceback (most recent call last):\n"), r["stderr"]
+    assert frames[0] == '  File "scripts/boom.py", line 6, in <module>', r["stderr"]
+    assert frames[1] == '  File "scripts/boom.py", line 4, in parse', r["stderr"]
+    assert "interp" not in r["stderr"] and "runpy" not in r["stderr"], r["stderr"]
+    assert r["stderr"].rstrip().splitlines()[-1].startswith("json.decoder.JSONDecodeError")
+    # A syntax error names the script's line, with no bootstrap frame either.
+    await tool(client, "save_script", name="typo", content="x = 1\ndef (:\n")
+    r = await tool(client, "run_script", path="scripts/typo.py")
+    assert r["returncode"] == 1 and 'File "scripts/typo.py", line 2' in r["stderr"]
+    assert "interp" not in r["stderr"] and "Traceback" not in r["stderr"], r["stderr"]

@@ -27,6 +27,7 @@ from tests.conftest import (
     make_config,
     run,
     session_info,
+    tool,
     wait_until,
     worker_pids,
 )
@@ -556,3 +557,62 @@ async def test_deleting_a_session_stops_its_writer_before_removing_its_files(
     gone = before - alive(worker_pids(tmp_path))
     assert info["pid"] in gone and len(gone) == 2, gone  # the worker and its writer
     assert not (config.snapshots / "doomed").exists()
+
+
+async def test_restore_checkpoint_says_what_it_removed_not_what_was_lost(client: Client) -> None:
+    await run(client, "a = [1]\nkeep = 'k'")
+    await client.call_tool("save_checkpoint", {"name": "one"})
+    # Cells after the checkpoint: a new name, an in-place change, and a writer still busy
+    # (its snapshot is abandoned by the restore), so the session still counts them unsaved.
+    await run(client, "b = [2]\na.append(3)")
+    await run(client, slow_cell(30))
+    raw = await client.call_tool("restore_checkpoint", {"name": "one"})
+    recovery = raw.structured_content["recovery"]  # type: ignore[index]
+    assert recovery["restored"] == ["a", "keep"]
+    assert recovery["lost"] == [] and recovery["maybe_lost"] == []
+    assert recovery["reason"] == (
+        "checkpoint 'one' was restored, as asked; it removed 5 name(s) bound after it: "
+        "Slow, b, late, slow, time"
+    )
+    text = raw.content[0].text  # type: ignore[union-attr]
+    assert "lost" not in text and "removed 5 name(s)" in text, text
+    assert (await run(client, "a"))["result"] == "[1]"
+
+
+async def test_restored_functions_keep_their_source(client: Client) -> None:
+    await run(client, "x0 = 0")
+    cell = (
+        await run(
+            client,
+            "def f(x):\n    return x+1\n"
+            "class K:\n    @property\n    def p(self):\n        return 2",
+        )
+    )["execution_count"]
+    await snapshot_covers(client, cell)
+
+    async def looks() -> dict[str, str]:
+        out = {}
+        for code in ("f", "K.p", "K"):
+            found = await tool(client, "inspect_object", code=code, detail_level=1)
+            out[code] = found["text"]
+        return out
+
+    live = await looks()
+    for attempt in range(2):  # the next snapshot carries the source on
+        crashed = await run(client, "import os; os._exit(1)")
+        assert "f" in crashed["recovery"]["restored"], crashed["recovery"]
+        seen = await looks()
+        assert "def f(x):\n    return x+1" in seen["f"], seen["f"]
+        assert "def p(self):\n    return 2" in seen["K.p"], seen["K.p"]
+        assert f"File:      Cell In[{cell}]" in seen["f"], seen["f"]
+        assert "ipython-input" not in seen["f"] + seen["K.p"] + seen["K"]
+        # A class's source is found through its methods' cell (3.11 looks for a file).
+        assert "class K:\n    @property\n    def p(self):\n        return 2" in seen["K"]
+        assert f"File:           Cell In[{cell}]" in seen["K"], seen["K"]
+        assert seen["f"] == live["f"] and seen["K"] == live["K"]
+        r = await run(client, "f(None)")  # the traceback quotes the cell's line too
+        assert f"Cell In[{cell}], line 2" in r["error"]["traceback"], r["error"]
+        assert "return x+1" in r["error"]["traceback"], r["error"]
+        if attempt == 0:
+            # A new snapshot, written by the restored worker, must carry the source on.
+            await snapshot_covers(client, (await run(client, "x1 = [1]"))["execution_count"])

@@ -241,7 +241,7 @@ async def test_responsiveness_and_ping(client: Client) -> None:
 async def test_exit_does_not_end_the_session(client: Client) -> None:
     await run(client, "alive = True")
     r = await run(client, "exit()")
-    assert r["status"] == "ok" and "exit() ignored" in r["stderr"]
+    assert r["status"] == "error" and r["error"]["ename"] == "SystemExit" and not r["stderr"]
     assert (await run(client, "alive"))["result"] == "True"
 
 
